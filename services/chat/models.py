@@ -1,0 +1,177 @@
+"""The chat schema's tables (owned by the chat service; the AI worker writes replies into them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    REAL,
+    Boolean,
+    CheckConstraint,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "chat"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    __table_args__ = (
+        CheckConstraint("temperature >= 0 AND temperature <= 2", name="temperature_range"),
+        CheckConstraint("max_tokens > 0", name="max_tokens_positive"),
+        CheckConstraint(
+            "input_price_per_1k >= 0 AND output_price_per_1k >= 0", name="prices_non_negative"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    model: Mapped[str] = mapped_column(String(255), nullable=False)
+    system_prompt: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    temperature: Mapped[float] = mapped_column(Float, nullable=False, server_default="0.7")
+    max_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="512")
+    input_price_per_1k: Mapped[Decimal] = mapped_column(
+        Numeric(12, 6), nullable=False, server_default="0"
+    )
+    output_price_per_1k: Mapped[Decimal] = mapped_column(
+        Numeric(12, 6), nullable=False, server_default="0"
+    )
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'closed')", name="status_known"),
+        CheckConstraint("total_messages >= 0 AND unread_count >= 0", name="counters_non_negative"),
+        # The list endpoint: a user's conversations, pinned first, newest first (keyset order).
+        Index(
+            "ix_conversations_user_pinned_id", "user_id", text("is_pinned DESC"), text("id DESC")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(255), nullable=False)
+    # References auth.users (the gateway's schema); the constraint lives in the migration only,
+    # so this metadata does not need the other service's tables.
+    user_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    agent_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("chat.agents.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    conversation_type: Mapped[str] = mapped_column(
+        String(50), nullable=False, server_default="chat"
+    )
+    status: Mapped[str] = mapped_column(String(50), nullable=False, server_default="active")
+    is_archived: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    is_pinned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    total_messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    unread_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint("sender IN ('user', 'agent')", name="sender_known"),
+        # A conversation's messages, newest first (keyset order).
+        Index("ix_messages_conversation_id_id", "conversation_id", text("id DESC")),
+        Index("ix_messages_search_vector", "search_vector", postgresql_using="gin"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("chat.conversations.id", ondelete="CASCADE"), nullable=False
+    )
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    content_type: Mapped[str] = mapped_column(String(50), nullable=False, server_default="text")
+    sender: Mapped[str] = mapped_column(String(20), nullable=False)
+    message_type: Mapped[str] = mapped_column(String(50), nullable=False, server_default="text")
+    status: Mapped[str] = mapped_column(String(50), nullable=False, server_default="sent")
+    tokens_used: Mapped[int | None] = mapped_column(Integer)
+    processing_time: Mapped[float | None] = mapped_column(REAL)
+    search_vector: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english', content)", persisted=True)
+    )
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class MessageAttachment(Base):
+    __tablename__ = "message_attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("chat.messages.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    file_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    file_type: Mapped[str | None] = mapped_column(String(100))
+    file_size: Mapped[int | None] = mapped_column(Integer)
+    file_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+
+
+class ChatSessionHistory(Base):
+    __tablename__ = "chat_session_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("chat.conversations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    session_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    session_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    messages_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    duration_minutes: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+
+
+class IdempotencyKey(Base):
+    """The first response to a POST carrying `Idempotency-Key`, replayed to retries of it."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _created()
+
+
+__all__ = [
+    "Agent",
+    "Base",
+    "ChatSessionHistory",
+    "Conversation",
+    "IdempotencyKey",
+    "Message",
+    "MessageAttachment",
+]

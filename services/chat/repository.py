@@ -1,0 +1,406 @@
+"""Every SQL statement of the chat service. Functions take a connection and return plain records.
+
+Ownership is part of each statement (`user_id = $n`): a row that is not the caller's is
+indistinguishable from a missing one, so the service answers 404 for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.chat.pagination import ConversationCursor, MessageCursor
+
+Record = asyncpg.Record
+
+_CONVERSATION_COLUMNS = """
+    id, title, user_id, agent_id, conversation_type, status, is_archived, is_pinned,
+    total_messages, unread_count, last_message_at, created_at, updated_at
+"""
+_MESSAGE_COLUMNS = """
+    id, conversation_id, content, content_type, sender, message_type, status, tokens_used,
+    processing_time::numeric::float8 AS processing_time, created_at, updated_at
+"""
+_AGENT_COLUMNS = """
+    id, name, description, model, system_prompt, temperature, max_tokens,
+    input_price_per_1k::float8 AS input_price_per_1k,
+    output_price_per_1k::float8 AS output_price_per_1k,
+    is_active, is_default, created_at, updated_at
+"""
+
+# --- conversations -------------------------------------------------------------------------------
+
+
+async def list_conversations(
+    conn: asyncpg.Connection,
+    *,
+    user_id: int,
+    limit: int,
+    offset: int,
+    after: ConversationCursor | None,
+    archived: bool | None,
+) -> list[Record]:
+    """One page in the order pinned first, newest first; `limit + 1` rows tell if more follow."""
+    return await conn.fetch(
+        f"""
+        SELECT {_CONVERSATION_COLUMNS}
+        FROM chat.conversations
+        WHERE user_id = $1
+          AND ($2::bool IS NULL OR is_archived = $2)
+          AND ($3::bool IS NULL OR (is_pinned, id) < ($3::bool, $4::int))
+        ORDER BY is_pinned DESC, id DESC
+        LIMIT $5 OFFSET $6
+        """,
+        user_id,
+        archived,
+        after.is_pinned if after else None,
+        after.id if after else None,
+        limit + 1,
+        offset,
+    )
+
+
+async def count_conversations(
+    conn: asyncpg.Connection, *, user_id: int, archived: bool | None
+) -> int:
+    value = await conn.fetchval(
+        """
+        SELECT count(*) FROM chat.conversations
+        WHERE user_id = $1 AND ($2::bool IS NULL OR is_archived = $2)
+        """,
+        user_id,
+        archived,
+    )
+    return int(value)
+
+
+async def get_conversation(
+    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
+) -> Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM chat.conversations WHERE id = $1 AND user_id = $2",
+        conversation_id,
+        user_id,
+    )
+
+
+async def insert_conversation(
+    conn: asyncpg.Connection,
+    *,
+    user_id: int,
+    title: str,
+    agent_id: int | None,
+    conversation_type: str,
+) -> Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO chat.conversations (title, user_id, agent_id, conversation_type)
+        VALUES ($1, $2, $3, $4)
+        RETURNING {_CONVERSATION_COLUMNS}
+        """,
+        title,
+        user_id,
+        agent_id,
+        conversation_type,
+    )
+    assert row is not None
+    return row
+
+
+async def update_conversation(
+    conn: asyncpg.Connection, *, user_id: int, conversation_id: int, changes: dict[str, Any]
+) -> Record | None:
+    # Column names come from the validated update schema's field names, never from the client.
+    allowed = {"title", "is_pinned", "is_archived", "status", "agent_id"}
+    assert changes and set(changes) <= allowed
+    names = sorted(changes)
+    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=3))
+    return await conn.fetchrow(
+        f"""
+        UPDATE chat.conversations SET {assignments}, updated_at = now()
+        WHERE id = $1 AND user_id = $2
+        RETURNING {_CONVERSATION_COLUMNS}
+        """,
+        conversation_id,
+        user_id,
+        *(changes[name] for name in names),
+    )
+
+
+async def delete_conversation(
+    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
+) -> bool:
+    """Deletes the conversation; its messages, attachments and sessions cascade with it."""
+    deleted = await conn.fetchval(
+        "DELETE FROM chat.conversations WHERE id = $1 AND user_id = $2 RETURNING id",
+        conversation_id,
+        user_id,
+    )
+    return deleted is not None
+
+
+async def record_new_message(
+    conn: asyncpg.Connection, *, user_id: int, conversation_id: int, at: datetime
+) -> Record | None:
+    """Counts one more message. The row lock this UPDATE takes serialises concurrent posts to one
+    conversation, so the counter is exact; None when the conversation is missing or not theirs."""
+    return await conn.fetchrow(
+        """
+        UPDATE chat.conversations
+        SET total_messages = total_messages + 1,
+            last_message_at = GREATEST(COALESCE(last_message_at, $3), $3),
+            updated_at = now()
+        WHERE id = $1 AND user_id = $2
+        RETURNING id, total_messages
+        """,
+        conversation_id,
+        user_id,
+        at,
+    )
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+async def list_messages(
+    conn: asyncpg.Connection,
+    *,
+    conversation_id: int,
+    limit: int,
+    offset: int,
+    order: str,
+    after: MessageCursor | None,
+) -> list[Record]:
+    if order == "asc":
+        sql = f"""
+            SELECT {_MESSAGE_COLUMNS} FROM chat.messages
+            WHERE conversation_id = $1 AND ($2::int IS NULL OR id > $2)
+            ORDER BY id ASC LIMIT $3 OFFSET $4
+        """
+    else:
+        sql = f"""
+            SELECT {_MESSAGE_COLUMNS} FROM chat.messages
+            WHERE conversation_id = $1 AND ($2::int IS NULL OR id < $2)
+            ORDER BY id DESC LIMIT $3 OFFSET $4
+        """
+    return await conn.fetch(sql, conversation_id, after.id if after else None, limit + 1, offset)
+
+
+async def count_messages(conn: asyncpg.Connection, *, conversation_id: int) -> int:
+    value = await conn.fetchval(
+        "SELECT count(*) FROM chat.messages WHERE conversation_id = $1", conversation_id
+    )
+    return int(value)
+
+
+async def insert_message(
+    conn: asyncpg.Connection,
+    *,
+    conversation_id: int,
+    content: str,
+    sender: str,
+    content_type: str,
+    message_type: str,
+    at: datetime,
+) -> Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO chat.messages
+            (conversation_id, content, sender, content_type, message_type, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $6)
+        RETURNING {_MESSAGE_COLUMNS}
+        """,
+        conversation_id,
+        content,
+        sender,
+        content_type,
+        message_type,
+        at,
+    )
+    assert row is not None
+    return row
+
+
+# --- search --------------------------------------------------------------------------------------
+
+# Markers ts_headline puts around matches; the service escapes the snippet and then turns them
+# into <mark> tags, so user content can never inject markup.
+HIGHLIGHT_START = "\x02"
+HIGHLIGHT_STOP = "\x03"
+
+_SEARCH_FILTER = """
+    FROM chat.messages m
+    JOIN chat.conversations c ON c.id = m.conversation_id
+    WHERE c.user_id = $1
+      AND m.search_vector @@ websearch_to_tsquery('english', $2)
+      AND ($3::int IS NULL OR m.conversation_id = $3)
+      AND ($4::text IS NULL OR m.sender = $4)
+      AND ($5::timestamptz IS NULL OR m.created_at >= $5)
+      AND ($6::timestamptz IS NULL OR m.created_at < $6)
+"""
+
+
+async def search_messages(
+    conn: asyncpg.Connection,
+    *,
+    user_id: int,
+    query: str,
+    conversation_id: int | None,
+    sender: str | None,
+    date_from: datetime | None,
+    date_to: datetime | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Record], int]:
+    """Ranked matches among the caller's own messages, with a highlighted snippet for each."""
+    params: Sequence[Any] = (user_id, query, conversation_id, sender, date_from, date_to)
+    rows = await conn.fetch(
+        f"""
+        WITH page AS (
+            SELECT m.id, m.conversation_id, m.content, m.sender, m.created_at,
+                   ts_rank_cd(m.search_vector, websearch_to_tsquery('english', $2)) AS rank
+            {_SEARCH_FILTER}
+            ORDER BY rank DESC, m.id DESC
+            LIMIT $7 OFFSET $8
+        )
+        SELECT page.*,
+               ts_headline('english', page.content, websearch_to_tsquery('english', $2),
+                           'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
+                           ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "')
+                   AS snippet
+        FROM page
+        ORDER BY page.rank DESC, page.id DESC
+        """,
+        *params,
+        limit,
+        offset,
+    )
+    total = await conn.fetchval(f"SELECT count(*) {_SEARCH_FILTER}", *params)
+    return list(rows), int(total)
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+async def list_agents(
+    conn: asyncpg.Connection, *, include_inactive: bool, limit: int, offset: int
+) -> tuple[list[Record], int]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {_AGENT_COLUMNS} FROM chat.agents
+        WHERE ($1 OR is_active) ORDER BY id LIMIT $2 OFFSET $3
+        """,
+        include_inactive,
+        limit,
+        offset,
+    )
+    total = await conn.fetchval(
+        "SELECT count(*) FROM chat.agents WHERE ($1 OR is_active)", include_inactive
+    )
+    return list(rows), int(total)
+
+
+async def get_agent(
+    conn: asyncpg.Connection, *, agent_id: int, include_inactive: bool
+) -> Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM chat.agents WHERE id = $1 AND ($2 OR is_active)",
+        agent_id,
+        include_inactive,
+    )
+
+
+async def insert_agent(conn: asyncpg.Connection, *, fields: dict[str, Any]) -> Record:
+    names = sorted(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO chat.agents ({", ".join(names)}) VALUES ({placeholders})
+        RETURNING {_AGENT_COLUMNS}
+        """,
+        *(fields[name] for name in names),
+    )
+    assert row is not None
+    return row
+
+
+async def update_agent(
+    conn: asyncpg.Connection, *, agent_id: int, changes: dict[str, Any]
+) -> Record | None:
+    names = sorted(changes)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    return await conn.fetchrow(
+        f"""
+        UPDATE chat.agents SET {assignments}, updated_at = now() WHERE id = $1
+        RETURNING {_AGENT_COLUMNS}
+        """,
+        agent_id,
+        *(changes[name] for name in names),
+    )
+
+
+async def deactivate_agent(conn: asyncpg.Connection, *, agent_id: int) -> bool:
+    """Agents are retired, not erased: conversations and usage keep pointing at them."""
+    retired = await conn.fetchval(
+        """
+        UPDATE chat.agents SET is_active = false, is_default = false, updated_at = now()
+        WHERE id = $1 AND is_active RETURNING id
+        """,
+        agent_id,
+    )
+    return retired is not None
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+async def claim_idempotency_key(
+    conn: asyncpg.Connection, *, user_id: int, key: str, fingerprint: str, ttl_seconds: int
+) -> bool:
+    """True when this request owns the key. A concurrent holder makes the INSERT wait for its
+    transaction; an expired entry is taken over."""
+    claimed = await conn.fetchval(
+        """
+        INSERT INTO chat.idempotency_keys (user_id, key, request_fingerprint)
+        VALUES ($1, $2, $3)
+        ON CONFLICT (user_id, key) DO UPDATE
+            SET request_fingerprint = EXCLUDED.request_fingerprint,
+                response_status = NULL, response_body = NULL, created_at = now()
+            WHERE chat.idempotency_keys.created_at < now() - make_interval(secs => $4)
+        RETURNING 1
+        """,
+        user_id,
+        key,
+        fingerprint,
+        ttl_seconds,
+    )
+    return claimed is not None
+
+
+async def get_idempotency_key(conn: asyncpg.Connection, *, user_id: int, key: str) -> Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT request_fingerprint, response_status, response_body::text AS response_body
+        FROM chat.idempotency_keys WHERE user_id = $1 AND key = $2
+        """,
+        user_id,
+        key,
+    )
+
+
+async def store_idempotent_response(
+    conn: asyncpg.Connection, *, user_id: int, key: str, status: int, body: bytes
+) -> None:
+    await conn.execute(
+        """
+        UPDATE chat.idempotency_keys SET response_status = $3, response_body = $4::text::jsonb
+        WHERE user_id = $1 AND key = $2
+        """,
+        user_id,
+        key,
+        status,
+        body.decode(),
+    )

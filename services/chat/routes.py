@@ -1,0 +1,322 @@
+"""HTTP routes of the chat service (`/chat/...`): parse, authorise, call one service, answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from services.chat.schemas import (
+    AgentCreate,
+    AgentList,
+    AgentPublic,
+    AgentRef,
+    AgentUpdate,
+    ConversationCreate,
+    ConversationList,
+    ConversationRef,
+    ConversationSummary,
+    ConversationUpdate,
+    Envelope,
+    MessageCreate,
+    MessageCreated,
+    MessageList,
+    SearchResults,
+    error_responses,
+)
+from services.chat.service import (
+    agent_service,
+    conversation_service,
+    message_service,
+    search_service,
+)
+from services.chat.unit_of_work import (
+    Connection,
+    IdempotencyKey,
+    run_idempotent_write,
+    run_write,
+)
+from shared.auth import AdminUser, CurrentUser
+from shared.envelope import ok
+
+router = APIRouter(prefix="/chat")
+
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip (prefer `cursor`)")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=200, description="`next_cursor` of the previous page (keyset pagination)"),
+]
+ConversationId = Annotated[int, Path(ge=1, lt=2**31)]
+AgentId = Annotated[int, Path(ge=1, lt=2**31)]
+
+
+def _settings_ttl(request: Request) -> int:
+    return int(request.app.state.settings.idempotency_ttl_seconds)
+
+
+# --- conversations -------------------------------------------------------------------------------
+
+
+@router.get(
+    "/conversations",
+    response_model=Envelope[ConversationList],
+    responses=error_responses(401, 422, 429),
+)
+async def list_conversations(
+    user: CurrentUser,
+    conn: Connection,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    cursor: Cursor = None,
+    archived: Annotated[bool | None, Query(description="Only (un)archived ones")] = None,
+) -> Response:
+    """List the caller's conversations, pinned first, then newest first."""
+    data = await conversation_service.list(
+        conn, user, limit=limit, offset=offset, cursor=cursor, archived=archived
+    )
+    return ok(data, f"Found {data['total']} conversations")
+
+
+@router.post(
+    "/conversations",
+    status_code=201,
+    response_model=Envelope[ConversationRef],
+    responses=error_responses(401, 422, 429),
+)
+async def create_conversation(
+    body: ConversationCreate,
+    user: CurrentUser,
+    conn: Connection,
+    request: Request,
+    idempotency_key: IdempotencyKey,
+) -> Response:
+    """Create a conversation, optionally with an agent."""
+    return await run_idempotent_write(
+        conn,
+        request,
+        user,
+        idempotency_key,
+        lambda c: conversation_service.create(c, user, body),
+        message="Conversation created successfully",
+        status_code=201,
+        ttl_seconds=_settings_ttl(request),
+    )
+
+
+@router.get(
+    "/conversations/{conversation_id}",
+    response_model=Envelope[ConversationSummary],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def get_conversation(
+    conversation_id: ConversationId, user: CurrentUser, conn: Connection
+) -> Response:
+    """Get one of the caller's conversations."""
+    return ok(await conversation_service.get(conn, user, conversation_id), "Conversation found")
+
+
+@router.put(
+    "/conversations/{conversation_id}",
+    response_model=Envelope[ConversationRef],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def update_conversation(
+    conversation_id: ConversationId, body: ConversationUpdate, user: CurrentUser, conn: Connection
+) -> Response:
+    """Change a conversation's title, pin, archive flag, status or agent."""
+    return await run_write(
+        conn,
+        lambda c: conversation_service.update(c, user, conversation_id, body),
+        message="Conversation updated successfully",
+    )
+
+
+@router.delete(
+    "/conversations/{conversation_id}",
+    response_model=Envelope[ConversationRef],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def delete_conversation(
+    conversation_id: ConversationId, user: CurrentUser, conn: Connection
+) -> Response:
+    """Delete a conversation with its messages, attachments and session history."""
+    return await run_write(
+        conn,
+        lambda c: conversation_service.delete(c, user, conversation_id),
+        message="Conversation deleted successfully",
+    )
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/conversations/{conversation_id}/messages",
+    response_model=Envelope[MessageList],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def list_messages(
+    conversation_id: ConversationId,
+    user: CurrentUser,
+    conn: Connection,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, at most 100")] = 50,
+    offset: Offset = 0,
+    cursor: Cursor = None,
+    order: Annotated[
+        Literal["desc", "asc"], Query(description="`desc`: newest first; `asc`: oldest first")
+    ] = "desc",
+) -> Response:
+    """List a conversation's messages, newest first by default."""
+    data = await message_service.list(
+        conn, user, conversation_id, limit=limit, offset=offset, cursor=cursor, order=order
+    )
+    return ok(data, f"Found {data['total']} messages")
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    status_code=201,
+    response_model=Envelope[MessageCreated],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+async def add_message(
+    conversation_id: ConversationId,
+    body: MessageCreate,
+    user: CurrentUser,
+    conn: Connection,
+    request: Request,
+    idempotency_key: IdempotencyKey,
+) -> Response:
+    """Add a message to a conversation (users post as `user`)."""
+    return await run_idempotent_write(
+        conn,
+        request,
+        user,
+        idempotency_key,
+        lambda c: message_service.add(c, user, conversation_id, body),
+        message="Message added successfully",
+        status_code=201,
+        ttl_seconds=_settings_ttl(request),
+    )
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/search", response_model=Envelope[SearchResults], responses=error_responses(401, 422, 429)
+)
+async def search_messages(
+    user: CurrentUser,
+    conn: Connection,
+    query: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=500,
+            description='Web-search syntax: words, "quoted phrases", `or`, `-excluded`',
+        ),
+    ],
+    limit: Limit = 20,
+    offset: Offset = 0,
+    conversation_id: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+    sender: Annotated[Literal["user", "agent"] | None, Query()] = None,
+    date_from: Annotated[datetime | None, Query(description="Inclusive, ISO 8601")] = None,
+    date_to: Annotated[datetime | None, Query(description="Exclusive, ISO 8601")] = None,
+) -> Response:
+    """Full-text search over the caller's own messages, best matches first."""
+    data = await search_service.search(
+        conn,
+        user,
+        query=query.replace("\x00", " "),
+        conversation_id=conversation_id,
+        sender=sender,
+        date_from=date_from,
+        date_to=date_to,
+        limit=limit,
+        offset=offset,
+    )
+    return ok(data, f"Found {data['total']} results")
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+@router.get("/agents", response_model=Envelope[AgentList], responses=error_responses(401, 403, 422))
+async def list_agents(
+    user: CurrentUser,
+    conn: Connection,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    include_inactive: Annotated[bool, Query(description="Retired agents too (admins)")] = False,
+) -> Response:
+    """List the agents a conversation can use."""
+    data = await agent_service.list(
+        conn, user, limit=limit, offset=offset, include_inactive=include_inactive
+    )
+    return ok(data, f"Found {data['total']} agents")
+
+
+@router.get(
+    "/agents/{agent_id}", response_model=Envelope[AgentPublic], responses=error_responses(401, 404)
+)
+async def get_agent(agent_id: AgentId, user: CurrentUser, conn: Connection) -> Response:
+    """Get one agent."""
+    return ok(await agent_service.get(conn, user, agent_id), "Agent found")
+
+
+@router.post(
+    "/agents",
+    status_code=201,
+    response_model=Envelope[AgentPublic],
+    responses=error_responses(401, 403, 422),
+)
+async def create_agent(
+    body: AgentCreate,
+    admin: AdminUser,
+    conn: Connection,
+    request: Request,
+    idempotency_key: IdempotencyKey,
+) -> Response:
+    """Create an agent (administrators)."""
+    return await run_idempotent_write(
+        conn,
+        request,
+        admin,
+        idempotency_key,
+        lambda c: agent_service.create(c, body),
+        message="Agent created successfully",
+        status_code=201,
+        ttl_seconds=_settings_ttl(request),
+    )
+
+
+@router.put(
+    "/agents/{agent_id}",
+    response_model=Envelope[AgentPublic],
+    responses=error_responses(401, 403, 404, 422),
+)
+async def update_agent(
+    agent_id: AgentId, body: AgentUpdate, admin: AdminUser, conn: Connection
+) -> Response:
+    """Change an agent's settings (administrators)."""
+    return await run_write(
+        conn,
+        lambda c: agent_service.update(c, agent_id, body),
+        message="Agent updated successfully",
+    )
+
+
+@router.delete(
+    "/agents/{agent_id}",
+    response_model=Envelope[AgentRef],
+    responses=error_responses(401, 403, 404),
+)
+async def delete_agent(agent_id: AgentId, admin: AdminUser, conn: Connection) -> Response:
+    """Retire an agent (administrators): it leaves the list; conversations keep their history."""
+    return await run_write(
+        conn, lambda c: agent_service.delete(c, agent_id), message="Agent deleted successfully"
+    )

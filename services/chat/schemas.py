@@ -1,0 +1,246 @@
+"""Request bodies (validated) and response shapes (documented) of the chat API, in the
+seed's fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from shared.schemas import Envelope, ErrorEnvelope, error_responses
+
+__all__ = ["Envelope", "ErrorEnvelope", "error_responses"]
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,49}$")]
+ConversationStatus = Literal["active", "closed"]
+Sender = Literal["user", "agent"]
+
+
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL; refusing it here keeps it a 422 instead of a driver error.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class StrictBody(BaseModel):
+    """Unknown fields are refused (422): a typo or a forbidden field never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- conversations -------------------------------------------------------------------------------
+
+
+class ConversationCreate(StrictBody):
+    title: Title
+    agent_id: int | None = Field(default=None, gt=0, lt=2**31)
+    conversation_type: Slug = "chat"
+
+    _nul = field_validator("title")(_no_nul)
+
+
+class ConversationUpdate(StrictBody):
+    """The fields a user may change; counters, owner and timestamps are the server's."""
+
+    title: Title | None = None
+    is_pinned: bool | None = None
+    is_archived: bool | None = None
+    status: ConversationStatus | None = None
+    agent_id: int | None = Field(default=None, gt=0, lt=2**31)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ConversationUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of title, is_pinned, is_archived, status, agent_id")
+        for name in ("title", "is_pinned", "is_archived", "status"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class ConversationSummary(BaseModel):
+    id: int
+    title: str
+    user_id: int
+    agent_id: int | None
+    conversation_type: str
+    status: str
+    is_archived: bool
+    is_pinned: bool
+    total_messages: int
+    unread_count: int
+    last_message_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationSummary]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
+    has_more: bool
+
+
+class ConversationRef(BaseModel):
+    conversation_id: int
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+class MessageCreate(StrictBody):
+    content: Annotated[str, StringConstraints(min_length=1)]
+    sender_type: Sender = Field(
+        default="user", description="`agent` is for administrators; users post as `user`"
+    )
+    content_type: Slug = "text"
+    message_type: Slug = "text"
+
+    _nul = field_validator("content")(_no_nul)
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class MessagePublic(BaseModel):
+    id: int
+    conversation_id: int
+    content: str
+    content_type: str
+    sender: str
+    message_type: str
+    status: str
+    tokens_used: int | None
+    processing_time: float | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageList(BaseModel):
+    messages: list[MessagePublic]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None
+    has_more: bool
+
+
+class MessageCreated(BaseModel):
+    message_id: int
+    conversation_id: int
+    content: str
+    sender: str
+    content_type: str
+    message_type: str
+    status: str
+    created_at: datetime
+    total_messages: int = Field(description="The conversation's message count after this one")
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+class SearchResult(BaseModel):
+    message_id: int
+    conversation_id: int
+    content: str
+    sender: str
+    created_at: datetime
+    snippet: str = Field(description="HTML-escaped excerpt with matches wrapped in <mark>")
+    rank: float
+
+
+class SearchResults(BaseModel):
+    results: list[SearchResult]
+    query: str
+    total: int
+    limit: int
+    offset: int
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+Price = Annotated[Decimal, Field(ge=0, le=1000, max_digits=12, decimal_places=6)]
+
+
+class AgentCreate(StrictBody):
+    name: Title
+    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    system_prompt: Annotated[str, StringConstraints(max_length=20_000)] = ""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=512, gt=0, le=200_000)
+    input_price_per_1k: Price = Decimal("0")
+    output_price_per_1k: Price = Decimal("0")
+    is_active: bool = True
+
+
+class AgentUpdate(StrictBody):
+    name: Title | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    model: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+        | None
+    ) = None
+    system_prompt: Annotated[str, StringConstraints(max_length=20_000)] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0, le=200_000)
+    input_price_per_1k: Price | None = None
+    output_price_per_1k: Price | None = None
+    is_active: bool | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> AgentUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class AgentPublic(BaseModel):
+    id: int
+    name: str
+    description: str
+    model: str
+    system_prompt: str
+    temperature: float
+    max_tokens: int
+    input_price_per_1k: float
+    output_price_per_1k: float
+    is_active: bool
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentList(BaseModel):
+    agents: list[AgentPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class AgentRef(BaseModel):
+    agent_id: int

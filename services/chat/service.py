@@ -1,0 +1,316 @@
+"""The chat service's logic: conversations, messages, search and agents, on behalf of one caller.
+
+Functions take a connection and the verified caller, run their statements and return the
+envelope's `data`; the transaction around them is opened in exactly one place (`unit_of_work`).
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.chat import repository as repo
+from services.chat.pagination import (
+    check_cursor_with_offset,
+    decode_conversation_cursor,
+    decode_message_cursor,
+    encode_conversation_cursor,
+    encode_message_cursor,
+)
+from services.chat.schemas import (
+    AgentCreate,
+    AgentUpdate,
+    ConversationCreate,
+    ConversationUpdate,
+    MessageCreate,
+)
+from shared.errors import Forbidden, NotFound, ValidationFailed
+from shared.tokens import Principal
+
+
+def _conversation_not_found(conversation_id: int) -> NotFound:
+    return NotFound(f"Conversation {conversation_id} not found")
+
+
+def _unknown_agent(agent_id: int) -> ValidationFailed:
+    return ValidationFailed(
+        f"agent_id: no active agent {agent_id}",
+        details=[
+            {"loc": ["body", "agent_id"], "msg": "no such active agent", "type": "value_error"}
+        ],
+    )
+
+
+class ConversationService:
+    async def list(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        *,
+        limit: int,
+        offset: int,
+        cursor: str | None,
+        archived: bool | None,
+    ) -> dict[str, Any]:
+        check_cursor_with_offset(cursor, offset)
+        after = decode_conversation_cursor(cursor) if cursor else None
+        rows = await repo.list_conversations(
+            conn, user_id=user.user_id, limit=limit, offset=offset, after=after, archived=archived
+        )
+        total = await repo.count_conversations(conn, user_id=user.user_id, archived=archived)
+        has_more = len(rows) > limit
+        page = rows[:limit]
+        last = page[-1] if page else None
+        return {
+            "conversations": [dict(row) for row in page],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_cursor": (
+                encode_conversation_cursor(last["is_pinned"], last["id"])
+                if has_more and last
+                else None
+            ),
+            "has_more": has_more,
+        }
+
+    async def create(
+        self, conn: asyncpg.Connection, user: Principal, body: ConversationCreate
+    ) -> dict[str, Any]:
+        if body.agent_id is not None:
+            await agent_service.require_active(conn, body.agent_id)
+        row = await repo.insert_conversation(
+            conn,
+            user_id=user.user_id,
+            title=body.title,
+            agent_id=body.agent_id,
+            conversation_type=body.conversation_type,
+        )
+        return {"conversation_id": row["id"], "conversation": dict(row)}
+
+    async def get(
+        self, conn: asyncpg.Connection, user: Principal, conversation_id: int
+    ) -> dict[str, Any]:
+        row = await repo.get_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
+        )
+        if row is None:
+            raise _conversation_not_found(conversation_id)
+        return dict(row)
+
+    async def update(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        conversation_id: int,
+        body: ConversationUpdate,
+    ) -> dict[str, Any]:
+        changes = body.model_dump(include=body.model_fields_set)
+        if changes.get("agent_id") is not None:
+            await agent_service.require_active(conn, changes["agent_id"])
+        row = await repo.update_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id, changes=changes
+        )
+        if row is None:
+            raise _conversation_not_found(conversation_id)
+        return {"conversation_id": row["id"], "conversation": dict(row)}
+
+    async def delete(
+        self, conn: asyncpg.Connection, user: Principal, conversation_id: int
+    ) -> dict[str, Any]:
+        if not await repo.delete_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
+        ):
+            raise _conversation_not_found(conversation_id)
+        return {"conversation_id": conversation_id}
+
+
+class MessageService:
+    async def list(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        conversation_id: int,
+        *,
+        limit: int,
+        offset: int,
+        cursor: str | None,
+        order: str,
+    ) -> dict[str, Any]:
+        check_cursor_with_offset(cursor, offset)
+        after = decode_message_cursor(cursor, order) if cursor else None
+        if (
+            await repo.get_conversation(conn, user_id=user.user_id, conversation_id=conversation_id)
+            is None
+        ):
+            raise _conversation_not_found(conversation_id)
+        rows = await repo.list_messages(
+            conn,
+            conversation_id=conversation_id,
+            limit=limit,
+            offset=offset,
+            order=order,
+            after=after,
+        )
+        total = await repo.count_messages(conn, conversation_id=conversation_id)
+        has_more = len(rows) > limit
+        page = rows[:limit]
+        return {
+            "messages": [dict(row) for row in page],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_cursor": encode_message_cursor(page[-1]["id"], order) if has_more else None,
+            "has_more": has_more,
+        }
+
+    async def add(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        conversation_id: int,
+        body: MessageCreate,
+    ) -> dict[str, Any]:
+        if body.sender_type == "agent" and not user.is_admin:
+            raise Forbidden("Only agents (the AI worker) and administrators post agent messages")
+        now = datetime.now(UTC)
+        # Counter first: its row lock orders concurrent posts and proves ownership in one step.
+        counted = await repo.record_new_message(
+            conn, user_id=user.user_id, conversation_id=conversation_id, at=now
+        )
+        if counted is None:
+            raise _conversation_not_found(conversation_id)
+        row = await repo.insert_message(
+            conn,
+            conversation_id=conversation_id,
+            content=body.content,
+            sender=body.sender_type,
+            content_type=body.content_type,
+            message_type=body.message_type,
+            at=now,
+        )
+        return {
+            "message_id": row["id"],
+            "conversation_id": conversation_id,
+            "content": row["content"],
+            "sender": row["sender"],
+            "content_type": row["content_type"],
+            "message_type": row["message_type"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "total_messages": counted["total_messages"],
+        }
+
+
+def render_snippet(raw: str) -> str:
+    """Escapes the headline for HTML, then turns the highlight markers into <mark> tags."""
+    escaped = html.escape(raw.replace("\x00", ""), quote=True)
+    return escaped.replace(repo.HIGHLIGHT_START, "<mark>").replace(repo.HIGHLIGHT_STOP, "</mark>")
+
+
+class SearchService:
+    async def search(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        *,
+        query: str,
+        conversation_id: int | None,
+        sender: str | None,
+        date_from: datetime | None,
+        date_to: datetime | None,
+        limit: int,
+        offset: int,
+    ) -> dict[str, Any]:
+        rows, total = await repo.search_messages(
+            conn,
+            user_id=user.user_id,
+            query=query,
+            conversation_id=conversation_id,
+            sender=sender,
+            date_from=_as_utc(date_from),
+            date_to=_as_utc(date_to),
+            limit=limit,
+            offset=offset,
+        )
+        results = [
+            {
+                "message_id": row["id"],
+                "conversation_id": row["conversation_id"],
+                "content": row["content"],
+                "sender": row["sender"],
+                "created_at": row["created_at"],
+                "snippet": render_snippet(row["snippet"]),
+                "rank": round(float(row["rank"]), 6),
+            }
+            for row in rows
+        ]
+        return {
+            "results": results,
+            "query": query,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class AgentService:
+    async def list(
+        self,
+        conn: asyncpg.Connection,
+        user: Principal,
+        *,
+        limit: int,
+        offset: int,
+        include_inactive: bool,
+    ) -> dict[str, Any]:
+        if include_inactive and not user.is_admin:
+            raise Forbidden("Only administrators see retired agents")
+        rows, total = await repo.list_agents(
+            conn, include_inactive=include_inactive, limit=limit, offset=offset
+        )
+        return {"agents": [dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+    async def get(self, conn: asyncpg.Connection, user: Principal, agent_id: int) -> dict[str, Any]:
+        row = await repo.get_agent(conn, agent_id=agent_id, include_inactive=user.is_admin)
+        if row is None:
+            raise NotFound(f"Agent {agent_id} not found")
+        return dict(row)
+
+    async def require_active(self, conn: asyncpg.Connection, agent_id: int) -> None:
+        if await repo.get_agent(conn, agent_id=agent_id, include_inactive=False) is None:
+            raise _unknown_agent(agent_id)
+
+    async def create(self, conn: asyncpg.Connection, body: AgentCreate) -> dict[str, Any]:
+        row = await repo.insert_agent(conn, fields=body.model_dump())
+        return dict(row)
+
+    async def update(
+        self, conn: asyncpg.Connection, agent_id: int, body: AgentUpdate
+    ) -> dict[str, Any]:
+        row = await repo.update_agent(
+            conn, agent_id=agent_id, changes=body.model_dump(include=body.model_fields_set)
+        )
+        if row is None:
+            raise NotFound(f"Agent {agent_id} not found")
+        return dict(row)
+
+    async def delete(self, conn: asyncpg.Connection, agent_id: int) -> dict[str, Any]:
+        if not await repo.deactivate_agent(conn, agent_id=agent_id):
+            raise NotFound(f"Agent {agent_id} not found")
+        return {"agent_id": agent_id}
+
+
+conversation_service = ConversationService()
+message_service = MessageService()
+search_service = SearchService()
+agent_service = AgentService()

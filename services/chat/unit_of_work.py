@@ -1,0 +1,130 @@
+"""The one place a request's transaction is committed, with Idempotency-Key replay built in.
+
+A POST carrying `Idempotency-Key` claims the key inside the same transaction as its writes, and
+stores its answer there too: the key, the rows and the answer commit or roll back together.
+A retry of a committed request replays the stored answer; a retry racing the first one waits on
+the key's row lock and then replays; a failed first attempt leaves nothing, so a retry runs anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import Depends, Header, Request
+from starlette.responses import Response
+
+from services.chat import repository as repo
+from shared.envelope import EnvelopeResponse, dumps, success_body
+from shared.errors import ValidationFailed
+from shared.tokens import Principal
+
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+Work = Callable[[asyncpg.Connection], Awaitable[Any]]
+
+
+async def connection(request: Request) -> Any:
+    """One pooled connection for the request (a dependency; released when the request ends)."""
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        yield conn
+
+
+Connection = Annotated[asyncpg.Connection, Depends(connection)]
+
+
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="A retry with the same key gets the first answer; nothing is written twice",
+        ),
+    ] = None,
+) -> str | None:
+    if key is not None and not _KEY_PATTERN.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key: 1 to 255 visible ASCII characters",
+            details=[
+                {"loc": ["header", "Idempotency-Key"], "msg": "invalid", "type": "value_error"}
+            ],
+        )
+    return key
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+
+
+async def run_write(
+    conn: asyncpg.Connection,
+    work: Work,
+    *,
+    message: str,
+    status_code: int = 200,
+) -> Response:
+    """Runs `work` in a transaction and answers its result in the envelope."""
+    async with conn.transaction():
+        data = await work(conn)
+    return EnvelopeResponse(success_body(data, message), status_code=status_code)
+
+
+async def run_idempotent_write(
+    conn: asyncpg.Connection,
+    request: Request,
+    user: Principal,
+    key: str | None,
+    work: Work,
+    *,
+    message: str,
+    status_code: int = 200,
+    ttl_seconds: int,
+) -> Response:
+    if key is None:
+        return await run_write(conn, work, message=message, status_code=status_code)
+    fingerprint = hashlib.sha256(
+        b"%s %s\n%s" % (request.method.encode(), request.url.path.encode(), await request.body())
+    ).hexdigest()
+    async with conn.transaction():
+        claimed = await repo.claim_idempotency_key(
+            conn, user_id=user.user_id, key=key, fingerprint=fingerprint, ttl_seconds=ttl_seconds
+        )
+        if not claimed:
+            return await _replay(conn, user, key, fingerprint)
+        data = await work(conn)
+        body = dumps(success_body(data, message))
+        await repo.store_idempotent_response(
+            conn, user_id=user.user_id, key=key, status=status_code, body=body
+        )
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
+async def _replay(
+    conn: asyncpg.Connection, user: Principal, key: str, fingerprint: str
+) -> Response:
+    stored = await repo.get_idempotency_key(conn, user_id=user.user_id, key=key)
+    if stored is None or stored["response_status"] is None:  # pragma: no cover - see module doc
+        raise ValidationFailed("Idempotency-Key: the first request with this key did not finish")
+    if stored["request_fingerprint"] != fingerprint:
+        raise ValidationFailed(
+            "Idempotency-Key was already used for a different request",
+            details=[
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": "reused with another request",
+                    "type": "idempotency_mismatch",
+                }
+            ],
+        )
+    # Re-encode through orjson: jsonb normalised the stored text but kept its content exactly.
+    body = dumps(orjson.loads(stored["response_body"]))
+    return Response(
+        body,
+        status_code=stored["response_status"],
+        media_type="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )

@@ -1,0 +1,3 @@
+"""Code the platform's services truly share: settings, DB setup, JWT checks, the envelope,
+observability.
+"""
