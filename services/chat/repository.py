@@ -42,11 +42,14 @@ async def list_conversations(
     offset: int,
     after: ConversationCursor | None,
     archived: bool | None,
-) -> list[Record]:
-    """One page in the order pinned first, newest first; `limit + 1` rows tell if more follow."""
-    return await conn.fetch(
+) -> tuple[list[Record], int]:
+    """One page in the order pinned first, newest first (`limit + 1` rows tell if more follow),
+    and the total. The count rides along as an uncorrelated subquery: one round trip, not two."""
+    rows = await conn.fetch(
         f"""
-        SELECT {_CONVERSATION_COLUMNS}
+        SELECT {_CONVERSATION_COLUMNS},
+               (SELECT count(*) FROM chat.conversations
+                WHERE user_id = $1 AND ($2::bool IS NULL OR is_archived = $2)) AS total
         FROM chat.conversations
         WHERE user_id = $1
           AND ($2::bool IS NULL OR is_archived = $2)
@@ -61,6 +64,9 @@ async def list_conversations(
         limit + 1,
         offset,
     )
+    if rows:
+        return list(rows), int(rows[0]["total"])
+    return [], await count_conversations(conn, user_id=user_id, archived=archived)
 
 
 async def count_conversations(
@@ -173,20 +179,25 @@ async def list_messages(
     offset: int,
     order: str,
     after: MessageCursor | None,
-) -> list[Record]:
-    if order == "asc":
-        sql = f"""
-            SELECT {_MESSAGE_COLUMNS} FROM chat.messages
-            WHERE conversation_id = $1 AND ($2::int IS NULL OR id > $2)
-            ORDER BY id ASC LIMIT $3 OFFSET $4
-        """
-    else:
-        sql = f"""
-            SELECT {_MESSAGE_COLUMNS} FROM chat.messages
-            WHERE conversation_id = $1 AND ($2::int IS NULL OR id < $2)
-            ORDER BY id DESC LIMIT $3 OFFSET $4
-        """
-    return await conn.fetch(sql, conversation_id, after.id if after else None, limit + 1, offset)
+) -> tuple[list[Record], int]:
+    """One page of a conversation's messages and their total, in one round trip."""
+    comparison, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+    rows = await conn.fetch(
+        f"""
+        SELECT {_MESSAGE_COLUMNS},
+               (SELECT count(*) FROM chat.messages WHERE conversation_id = $1) AS total
+        FROM chat.messages
+        WHERE conversation_id = $1 AND ($2::int IS NULL OR id {comparison} $2)
+        ORDER BY id {direction} LIMIT $3 OFFSET $4
+        """,
+        conversation_id,
+        after.id if after else None,
+        limit + 1,
+        offset,
+    )
+    if rows:
+        return list(rows), int(rows[0]["total"])
+    return [], await count_messages(conn, conversation_id=conversation_id)
 
 
 async def count_messages(conn: asyncpg.Connection, *, conversation_id: int) -> int:

@@ -31,6 +31,13 @@ from shared.errors import Forbidden, NotFound, ValidationFailed
 from shared.tokens import Principal
 
 
+def _page_row(row: asyncpg.Record) -> dict[str, Any]:
+    """A list row without the page query's `total` column."""
+    item = dict(row)
+    del item["total"]
+    return item
+
+
 def _conversation_not_found(conversation_id: int) -> NotFound:
     return NotFound(f"Conversation {conversation_id} not found")
 
@@ -57,15 +64,14 @@ class ConversationService:
     ) -> dict[str, Any]:
         check_cursor_with_offset(cursor, offset)
         after = decode_conversation_cursor(cursor) if cursor else None
-        rows = await repo.list_conversations(
+        rows, total = await repo.list_conversations(
             conn, user_id=user.user_id, limit=limit, offset=offset, after=after, archived=archived
         )
-        total = await repo.count_conversations(conn, user_id=user.user_id, archived=archived)
         has_more = len(rows) > limit
         page = rows[:limit]
         last = page[-1] if page else None
         return {
-            "conversations": [dict(row) for row in page],
+            "conversations": [_page_row(row) for row in page],
             "total": total,
             "limit": limit,
             "offset": offset,
@@ -147,7 +153,7 @@ class MessageService:
             is None
         ):
             raise _conversation_not_found(conversation_id)
-        rows = await repo.list_messages(
+        rows, total = await repo.list_messages(
             conn,
             conversation_id=conversation_id,
             limit=limit,
@@ -155,11 +161,10 @@ class MessageService:
             order=order,
             after=after,
         )
-        total = await repo.count_messages(conn, conversation_id=conversation_id)
         has_more = len(rows) > limit
         page = rows[:limit]
         return {
-            "messages": [dict(row) for row in page],
+            "messages": [_page_row(row) for row in page],
             "total": total,
             "limit": limit,
             "offset": offset,
