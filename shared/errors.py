@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,18 @@ from starlette.responses import Response
 from shared.envelope import fail
 
 log = structlog.get_logger("errors")
+
+# Failures of a dependency rather than of the request: lost or refused connections, an exhausted
+# pool (its acquire times out), a server shutting down.
+DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class AppError(Exception):
@@ -146,6 +159,18 @@ async def _http_error_handler(_: Request, exc: Exception) -> Response:
     return fail(exc.status_code, code_for_status(exc.status_code), message, None, exc.headers)
 
 
+async def _dependency_down_handler(request: Request, exc: Exception) -> Response:
+    # The database (or another dependency) is unreachable or saturated: the request may succeed
+    # on a retry, so this is a 503 with Retry-After rather than a 500.
+    log.warning("dependency_unavailable", path=request.url.path, error_type=type(exc).__name__)
+    return fail(
+        503,
+        "service_unavailable",
+        "A dependency is unavailable; try again shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected_error_handler(request: Request, exc: Exception) -> Response:
     # A bug, not an expected failure: log it whole, tell the client only that it happened and
     # which request id to report.
@@ -157,4 +182,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    for unavailable in DEPENDENCY_DOWN_ERRORS:
+        app.add_exception_handler(unavailable, _dependency_down_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)
