@@ -1,0 +1,1 @@
+"""Deployment: local runner and operator artefacts."""

@@ -1,0 +1,1 @@
+"""Run the whole system on one machine: embedded servers, service processes, `make run`."""
