@@ -149,22 +149,23 @@ async def delete_conversation(
 
 
 async def record_new_message(
-    conn: asyncpg.Connection, *, user_id: int, conversation_id: int, at: datetime
+    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
 ) -> Record | None:
-    """Counts one more message. The row lock this UPDATE takes serialises concurrent posts to one
-    conversation, so the counter is exact; None when the conversation is missing or not theirs."""
+    """Counts one more message and stamps its time; None when the conversation is missing or not
+    theirs. The row lock this UPDATE takes serialises concurrent posts to one conversation, so the
+    counter is exact, and `clock_timestamp()` is read after the lock is granted, so message times
+    follow the order the posts commit in (and so their ids)."""
     return await conn.fetchrow(
         """
         UPDATE chat.conversations
         SET total_messages = total_messages + 1,
-            last_message_at = GREATEST(COALESCE(last_message_at, $3), $3),
-            updated_at = now()
+            last_message_at = clock_timestamp(),
+            updated_at = clock_timestamp()
         WHERE id = $1 AND user_id = $2
-        RETURNING id, total_messages
+        RETURNING id, total_messages, last_message_at
         """,
         conversation_id,
         user_id,
-        at,
     )
 
 

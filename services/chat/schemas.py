@@ -104,8 +104,11 @@ class ConversationRef(BaseModel):
 # --- messages ------------------------------------------------------------------------------------
 
 
+MAX_MESSAGE_CHARS = 32_000
+
+
 class MessageCreate(StrictBody):
-    content: Annotated[str, StringConstraints(min_length=1)]
+    content: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
     sender_type: Sender = Field(
         default="user", description="`agent` is for administrators; users post as `user`"
     )

@@ -181,10 +181,9 @@ class MessageService:
     ) -> dict[str, Any]:
         if body.sender_type == "agent" and not user.is_admin:
             raise Forbidden("Only agents (the AI worker) and administrators post agent messages")
-        now = datetime.now(UTC)
         # Counter first: its row lock orders concurrent posts and proves ownership in one step.
         counted = await repo.record_new_message(
-            conn, user_id=user.user_id, conversation_id=conversation_id, at=now
+            conn, user_id=user.user_id, conversation_id=conversation_id
         )
         if counted is None:
             raise _conversation_not_found(conversation_id)
@@ -195,7 +194,7 @@ class MessageService:
             sender=body.sender_type,
             content_type=body.content_type,
             message_type=body.message_type,
-            at=now,
+            at=counted["last_message_at"],
         )
         return {
             "message_id": row["id"],

@@ -16,4 +16,3 @@ class ChatSettings(ServiceSettings):
     port: int = 8001
     # How long a stored Idempotency-Key answer is replayed before the key may be reused.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
-    max_message_chars: int = Field(default=32_000, ge=1)
