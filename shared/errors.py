@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from shared.envelope import fail
 
@@ -153,10 +154,32 @@ async def _validation_error_handler(_: Request, exc: Exception) -> Response:
     return fail(422, "validation_error", message, details)
 
 
-async def _http_error_handler(_: Request, exc: Exception) -> Response:
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's own 405 names only the first
+    matching route's (RFC 9110 §15.5.6 asks for all of them)."""
+    probe = {**request.scope, "method": "\x00"}  # no route serves it: path matches are PARTIAL
+    methods: set[str] = set()
+    pending = list(request.app.router.routes)
+    while pending:
+        route = pending.pop()
+        # FastAPI keeps included routers as one entry wrapping the original router's routes.
+        nested = getattr(getattr(route, "original_router", None), "routes", None)
+        if nested is not None:
+            pending.extend(nested)
+            continue
+        match, _ = route.matches(probe)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-    return fail(exc.status_code, code_for_status(exc.status_code), message, None, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return fail(exc.status_code, code_for_status(exc.status_code), message, None, headers or None)
 
 
 async def _dependency_down_handler(request: Request, exc: Exception) -> Response:

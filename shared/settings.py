@@ -13,7 +13,8 @@ MIN_HS256_SECRET_BYTES = 32
 class JWTSettings(BaseSettings):
     """How tokens are signed and checked (RFC 8725: the algorithm is pinned, not read)."""
 
-    model_config = SettingsConfigDict(env_prefix="JWT_", extra="ignore")
+    # Validation errors must not echo the input: it is the signing key.
+    model_config = SettingsConfigDict(env_prefix="JWT_", extra="ignore", hide_input_in_errors=True)
 
     algorithm: Literal["HS256", "RS256"] = "HS256"
     # No default: a service must not start with a guessable signing key.
@@ -46,7 +47,8 @@ class JWTSettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Connection settings shared by every process; services add their own, prefixed ones."""
 
-    model_config = SettingsConfigDict(extra="ignore")
+    # URLs may carry passwords: validation errors name the field, never echo its value.
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/chat",

@@ -8,7 +8,9 @@ from shared.settings import ServiceSettings
 
 
 class AnalyticsSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ANALYTICS_", extra="ignore", hide_input_in_errors=True
+    )
 
     port: int = 8002
     db_pool_max_size: int = 10

@@ -238,10 +238,17 @@ async def insert_message(
 
 # --- search --------------------------------------------------------------------------------------
 
-# Markers ts_headline puts around matches; the service escapes the snippet and then turns them
-# into <mark> tags, so user content can never inject markup.
+# Markers ts_headline puts around matches; the service turns them into <mark> tags.
 HIGHLIGHT_START = "\x02"
 HIGHLIGHT_STOP = "\x03"
+# The content is HTML-escaped *before* ts_headline sees it: its parser takes `<...>` for markup
+# and drops it, so escaping afterwards would lose text. Marker characters are removed from the
+# content first, so only ts_headline's own become tags.
+_HTML_ESCAPED_CONTENT = """
+    replace(replace(replace(replace(replace(
+        translate(page.content, chr(2) || chr(3), ''),
+        '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;'), '''', '&#x27;')
+"""
 
 _SEARCH_FILTER = """
     FROM chat.messages m
@@ -279,9 +286,9 @@ async def search_messages(
             LIMIT $7 OFFSET $8
         )
         SELECT page.*,
-               ts_headline('english', page.content, websearch_to_tsquery('english', $2),
+               ts_headline('english', {_HTML_ESCAPED_CONTENT}, websearch_to_tsquery('english', $2),
                            'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
-                           ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "')
+                           ', MaxWords=35, MinWords=12')
                    AS snippet
         FROM page
         ORDER BY page.rank DESC, page.id DESC

@@ -231,7 +231,7 @@ async def search_messages(
     data = await search_service.search(
         conn,
         user,
-        query=query.replace("\x00", " "),
+        query=query,
         conversation_id=conversation_id,
         sender=sender,
         date_from=date_from,

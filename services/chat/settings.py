@@ -11,7 +11,7 @@ from shared.settings import ServiceSettings
 
 
 class ChatSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore", hide_input_in_errors=True)
 
     port: int = 8001
     # How long a stored Idempotency-Key answer is replayed before the key may be reused.
