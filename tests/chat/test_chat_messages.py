@@ -198,8 +198,8 @@ def test_add_message_rejects_bad_bodies(http: httpx.Client, alice: User, body: A
     assert get_conversation(http, alice, conversation["id"])["total_messages"] == 0
 
 
-def test_message_longer_than_the_configured_maximum_is_422(http: httpx.Client, alice: User) -> None:
-    """CHAT_MAX_MESSAGE_CHARS (default 32 000) is the longest message the service takes."""
+def test_message_longer_than_the_maximum_is_422(http: httpx.Client, alice: User) -> None:
+    """32,000 characters is the longest message the service takes (README)."""
     conversation = create_conversation(http, alice)
     ok_data(_post(http, alice, conversation["id"], {"content": "a" * 32_000}), 201)
     assert_error(_post(http, alice, conversation["id"], {"content": "a" * 32_001}), 422)
