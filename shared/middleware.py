@@ -38,7 +38,7 @@ def incoming_request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _route_template(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED_ROUTE
@@ -51,7 +51,7 @@ class RequestContextMiddleware:
     template; by default it is read from the router's match.
     """
 
-    def __init__(self, app: ASGIApp, route_of: Callable[[Scope], str] = _route_template) -> None:
+    def __init__(self, app: ASGIApp, route_of: Callable[[Scope], str] = route_template) -> None:
         self.app = app
         self.route_of = route_of
 

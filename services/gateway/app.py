@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.openapi import MergedOpenAPI
 from services.gateway.proxy import Upstream, UpstreamProxy, read_body
@@ -22,7 +23,7 @@ from shared.db.pool import create_pool
 from shared.envelope import fail
 from shared.errors import AppError
 from shared.logs import configure_logging
-from shared.middleware import RequestContextMiddleware, _route_template
+from shared.middleware import RequestContextMiddleware, route_template
 from shared.service_app import check_postgres, check_redis, create_service_app
 from shared.settings import JWTSettings
 from shared.tokens import TokenVerifier
@@ -160,9 +161,24 @@ def create_app(
 
     # The request-context middleware sits outside both paths, so proxied requests get a request
     # id, an access line and metrics exactly like the gateway's own routes.
-    return RequestContextMiddleware(
-        GatewayDispatch(api, proxy, settings.max_body_bytes), route_of=_route_template
-    )
+    dispatch: ASGIApp = GatewayDispatch(api, proxy, settings.max_body_bytes)
+    if settings.cors_origin_list:
+        dispatch = CORSMiddleware(
+            dispatch,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Idempotent-Replayed",
+            ],
+            max_age=600,
+        )
+    return RequestContextMiddleware(dispatch, route_of=route_template)
 
 
 app = create_app()

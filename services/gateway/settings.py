@@ -34,3 +34,10 @@ class GatewaySettings(ServiceSettings):
         default=None, validation_alias=AliasChoices("ADMIN_PASSWORD", "GATEWAY_ADMIN_PASSWORD")
     )
     db_pool_max_size: int = Field(default=10, ge=1)
+    # Browser origins allowed to call the API cross-origin (comma-separated); none by default,
+    # since the web app is expected on the same origin as the gateway.
+    cors_origins: str = ""
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
