@@ -4,18 +4,22 @@ context.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.db.pool import create_pool
 from shared.envelope import EnvelopeResponse, fail, ok
 from shared.errors import install_error_handlers
+from shared.logs import configure_logging
 from shared.metrics import metrics_endpoint
 from shared.middleware import RequestContextMiddleware
+from shared.settings import JWTSettings, ServiceSettings
+from shared.tokens import TokenVerifier
 
 ReadinessCheck = Callable[[FastAPI], Awaitable[dict[str, str]]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
@@ -23,6 +27,9 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 def create_service_app(
     *,
+    service: str,
+    settings: ServiceSettings,
+    jwt_settings: JWTSettings,
     title: str,
     description: str,
     lifespan: Lifespan,
@@ -31,6 +38,9 @@ def create_service_app(
     request_context: bool = True,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
+    """A service's app with its settings and token verifier on `app.state`. The verifier is built
+    here so a missing or weak signing key stops the process at start, not at the first request."""
+    configure_logging(service, settings.log_level)
     app = FastAPI(
         title=title,
         description=description,
@@ -39,6 +49,9 @@ def create_service_app(
         default_response_class=EnvelopeResponse,
         **fastapi_kwargs,
     )
+    app.state.settings = settings
+    app.state.jwt_settings = jwt_settings
+    app.state.token_verifier = TokenVerifier(jwt_settings)
     install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -58,6 +71,30 @@ def create_service_app(
     if request_context:  # the gateway wraps its own, outside its proxy path too
         app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def postgres_lifespan(service: str) -> Lifespan:
+    """Opens the service's asyncpg pool (`app.state.pool`) for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings: ServiceSettings = app.state.settings
+        app.state.pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            application_name=service,
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    return lifespan
+
+
+async def postgres_readiness(app: FastAPI) -> dict[str, str]:
+    return {"postgres": await check_postgres(app.state.pool)}
 
 
 async def check_postgres(pool: Any) -> str:

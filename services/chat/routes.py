@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from services.chat.schemas import (
@@ -32,12 +32,7 @@ from services.chat.service import (
     message_service,
     search_service,
 )
-from services.chat.unit_of_work import (
-    Connection,
-    IdempotencyKey,
-    run_idempotent_write,
-    run_write,
-)
+from services.chat.unit_of_work import Connection, Idempotent, run_write
 from shared.auth import AdminUser, CurrentUser
 from shared.envelope import ok
 
@@ -51,10 +46,6 @@ Cursor = Annotated[
 ]
 ConversationId = Annotated[int, Path(ge=1, lt=2**31)]
 AgentId = Annotated[int, Path(ge=1, lt=2**31)]
-
-
-def _settings_ttl(request: Request) -> int:
-    return int(request.app.state.settings.idempotency_ttl_seconds)
 
 
 # --- conversations -------------------------------------------------------------------------------
@@ -89,20 +80,13 @@ async def list_conversations(
 async def create_conversation(
     body: ConversationCreate,
     user: CurrentUser,
-    conn: Connection,
-    request: Request,
-    idempotency_key: IdempotencyKey,
+    write: Idempotent,
 ) -> Response:
     """Create a conversation, optionally with an agent."""
-    return await run_idempotent_write(
-        conn,
-        request,
-        user,
-        idempotency_key,
+    return await write(
         lambda c: conversation_service.create(c, user, body),
         message="Conversation created successfully",
         status_code=201,
-        ttl_seconds=_settings_ttl(request),
     )
 
 
@@ -186,20 +170,13 @@ async def add_message(
     conversation_id: ConversationId,
     body: MessageCreate,
     user: CurrentUser,
-    conn: Connection,
-    request: Request,
-    idempotency_key: IdempotencyKey,
+    write: Idempotent,
 ) -> Response:
     """Add a message to a conversation (users post as `user`)."""
-    return await run_idempotent_write(
-        conn,
-        request,
-        user,
-        idempotency_key,
+    return await write(
         lambda c: message_service.add(c, user, conversation_id, body),
         message="Message added successfully",
         status_code=201,
-        ttl_seconds=_settings_ttl(request),
     )
 
 
@@ -277,20 +254,13 @@ async def get_agent(agent_id: AgentId, user: CurrentUser, conn: Connection) -> R
 async def create_agent(
     body: AgentCreate,
     admin: AdminUser,
-    conn: Connection,
-    request: Request,
-    idempotency_key: IdempotencyKey,
+    write: Idempotent,
 ) -> Response:
     """Create an agent (administrators)."""
-    return await run_idempotent_write(
-        conn,
-        request,
-        admin,
-        idempotency_key,
+    return await write(
         lambda c: agent_service.create(c, body),
         message="Agent created successfully",
         status_code=201,
-        ttl_seconds=_settings_ttl(request),
     )
 
 

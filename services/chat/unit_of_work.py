@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
 from services.chat import repository as repo
+from shared.auth import CurrentUser
 from shared.envelope import EnvelopeResponse, dumps, success_body
 from shared.errors import ValidationFailed
 from shared.tokens import Principal
@@ -73,34 +75,57 @@ async def run_write(
     return EnvelopeResponse(success_body(data, message), status_code=status_code)
 
 
-async def run_idempotent_write(
-    conn: asyncpg.Connection,
-    request: Request,
-    user: Principal,
-    key: str | None,
-    work: Work,
-    *,
-    message: str,
-    status_code: int = 200,
-    ttl_seconds: int,
-) -> Response:
-    if key is None:
-        return await run_write(conn, work, message=message, status_code=status_code)
-    fingerprint = hashlib.sha256(
-        b"%s %s\n%s" % (request.method.encode(), request.url.path.encode(), await request.body())
-    ).hexdigest()
-    async with conn.transaction():
-        claimed = await repo.claim_idempotency_key(
-            conn, user_id=user.user_id, key=key, fingerprint=fingerprint, ttl_seconds=ttl_seconds
-        )
-        if not claimed:
-            return await _replay(conn, user, key, fingerprint)
-        data = await work(conn)
-        body = dumps(success_body(data, message))
-        await repo.store_idempotent_response(
-            conn, user_id=user.user_id, key=key, status=status_code, body=body
-        )
-    return Response(body, status_code=status_code, media_type="application/json")
+@dataclass(frozen=True, slots=True)
+class IdempotentWriter:
+    """Runs a POST's work once per `Idempotency-Key` (see the module doc); without a key it is a
+    plain transactional write."""
+
+    conn: asyncpg.Connection
+    request: Request
+    user: Principal
+    key: str | None
+    ttl_seconds: int
+
+    async def __call__(self, work: Work, *, message: str, status_code: int = 200) -> Response:
+        if self.key is None:
+            return await run_write(self.conn, work, message=message, status_code=status_code)
+        conn, user, key = self.conn, self.user, self.key
+        request = self.request
+        fingerprint = hashlib.sha256(
+            b"%s %s\n%s"
+            % (request.method.encode(), request.url.path.encode(), await request.body())
+        ).hexdigest()
+        async with conn.transaction():
+            claimed = await repo.claim_idempotency_key(
+                conn,
+                user_id=user.user_id,
+                key=key,
+                fingerprint=fingerprint,
+                ttl_seconds=self.ttl_seconds,
+            )
+            if not claimed:
+                return await _replay(conn, user, key, fingerprint)
+            data = await work(conn)
+            body = dumps(success_body(data, message))
+            await repo.store_idempotent_response(
+                conn, user_id=user.user_id, key=key, status=status_code, body=body
+            )
+        return Response(body, status_code=status_code, media_type="application/json")
+
+
+def idempotent_writer(
+    request: Request, conn: Connection, user: CurrentUser, key: IdempotencyKey
+) -> IdempotentWriter:
+    return IdempotentWriter(
+        conn=conn,
+        request=request,
+        user=user,
+        key=key,
+        ttl_seconds=request.app.state.settings.idempotency_ttl_seconds,
+    )
+
+
+Idempotent = Annotated[IdempotentWriter, Depends(idempotent_writer)]
 
 
 async def _replay(

@@ -22,7 +22,6 @@ from services.gateway.settings import GatewaySettings
 from shared.db.pool import create_pool
 from shared.envelope import fail
 from shared.errors import AppError
-from shared.logs import configure_logging
 from shared.middleware import RequestContextMiddleware, route_template
 from shared.service_app import check_postgres, check_redis, create_service_app
 from shared.settings import JWTSettings
@@ -119,8 +118,10 @@ def create_app(
 ) -> RequestContextMiddleware:
     settings = settings or GatewaySettings()
     jwt_settings = jwt_settings or JWTSettings()
-    configure_logging(SERVICE, settings.log_level)
     api = create_service_app(
+        service=SERVICE,
+        settings=settings,
+        jwt_settings=jwt_settings,
         title="Chat platform API",
         description=(
             "The public API: accounts under /auth, conversations, messages, search, agents and "
@@ -132,7 +133,7 @@ def create_app(
         openapi_url=None,
         request_context=False,
     )
-    verifier = TokenVerifier(jwt_settings)
+    verifier: TokenVerifier = api.state.token_verifier
     proxy = UpstreamProxy(
         [
             Upstream("chat", "/chat", settings.chat_url.rstrip("/")),
@@ -144,9 +145,6 @@ def create_app(
         connections=settings.upstream_connections,
         keepalive_seconds=settings.upstream_keepalive_seconds,
     )
-    api.state.settings = settings
-    api.state.jwt_settings = jwt_settings
-    api.state.token_verifier = verifier
     api.state.proxy = proxy
     api.state.openapi = MergedOpenAPI(api, proxy)
     api.include_router(router)
