@@ -1,0 +1,201 @@
+"""Sampling profiles of the gateway-path processes under load (py-spy), summarised as top
+functions (self and inclusive time) and time by library."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+# Without --idle py-spy samples only a running thread. A leaf in the loop's entry point then means
+# time inside uvloop's C code (socket reads and writes, the loop's own callbacks and, for the
+# Cython/C libraries, whatever Python frame py-spy cannot see below it).
+_LOOP_FUNCTIONS = frozenset({"Runner.run", "run_until_complete", "run_forever", "asyncio_run"})
+LOOP_NATIVE = "event loop, native code (uvloop: socket I/O, callbacks; C extensions)"
+
+_LIBRARIES = (
+    ("services/gateway", "services.gateway"),
+    ("services/chat", "services.chat"),
+    ("services/", "services (other)"),
+    ("shared/", "shared"),
+    ("bench/", "bench"),
+    ("fastapi/", "fastapi"),
+    ("starlette/", "starlette"),
+    ("pydantic/", "pydantic"),
+    ("pydantic_core/", "pydantic"),
+    ("uvicorn/", "uvicorn"),
+    ("aiohttp/", "aiohttp"),
+    ("yarl/", "aiohttp"),
+    ("multidict/", "aiohttp"),
+    ("asyncpg/", "asyncpg"),
+    ("redis/", "redis-py"),
+    ("structlog/", "structlog"),
+    ("prometheus_client/", "prometheus_client"),
+    ("jwt/", "pyjwt"),
+    ("anyio/", "anyio"),
+    ("uvloop/", "uvloop"),
+    ("httptools/", "httptools"),
+    ("orjson", "orjson"),
+    ("logging/", "logging (stdlib)"),
+    ("asyncio/", "asyncio (stdlib)"),
+)
+
+
+def ensure_py_spy() -> str:
+    local = Path(sys.executable).parent / "py-spy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    print("bench: installing py-spy into the virtualenv (pip)", file=sys.stderr)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "py-spy",
+        ],
+        check=True,
+        timeout=600,
+    )
+    if not local.exists():
+        raise RuntimeError("py-spy did not install")
+    return str(local)
+
+
+def start_recording(
+    py_spy: str, pid: int, output: Path, seconds: float, *, native: bool
+) -> subprocess.Popen[bytes]:
+    argv = [
+        py_spy, "record",
+        "--pid", str(pid),
+        "--duration", str(max(1, round(seconds))),
+        "--rate", "250",
+        "--format", "raw",
+        "--output", str(output),
+    ]  # fmt: skip
+    if native:
+        argv.append("--native")
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def wait_recording(proc: subprocess.Popen[bytes], seconds: float) -> str:
+    try:
+        _, err = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return (err or b"").decode(errors="replace")
+
+
+def stop_recording(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _short_file(path: str) -> str:
+    for marker in ("site-packages/", "/lib/python3."):
+        if marker in path:
+            tail = path.split(marker, 1)[1]
+            return tail.split("/", 1)[1] if marker.startswith("/lib") and "/" in tail else tail
+    for marker in ("/services/", "/shared/", "/bench/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    return path
+
+
+def _frame(raw: str) -> tuple[str, str]:
+    """(function, short file) of a py-spy frame 'func (file:line)'."""
+    match = _FRAME.match(raw.strip())
+    if not match:
+        return raw.strip(), ""
+    return match.group("func"), _short_file(match.group("file"))
+
+
+def _library(file: str) -> str:
+    for prefix, name in _LIBRARIES:
+        if prefix in file:
+            return name
+    if not file or file.startswith("<"):
+        return "other"
+    if file.startswith("libc.") or file.startswith("libpthread"):
+        return "native: libc (system calls)"
+    if file.startswith("libpython"):
+        return "native: CPython runtime (incl. garbage collector)"
+    if file.endswith((".c", ".h", ".pyx", ".pxd", ".pxi")) or ".so" in file:
+        return "native: C extensions and CPython internals"
+    return file.split("/", 1)[0].removesuffix(".py") + " (stdlib)"
+
+
+@dataclass
+class ProfileSummary:
+    samples: int
+    top_self: list[tuple[str, float]]
+    top_inclusive: list[tuple[str, float]]
+    by_library: list[tuple[str, float]]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "samples": self.samples,
+            "top_self_share_of_busy": self.top_self,
+            "top_inclusive_share_of_busy": self.top_inclusive,
+            "self_time_by_library_share_of_busy": self.by_library,
+        }
+
+
+def summarise(raw_path: Path, top: int = 20) -> ProfileSummary:
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    libraries: Counter[str] = Counter()
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            _frame(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))
+        ]
+        if not frames:
+            continue
+        total += count
+        func, file = frames[-1]
+        if func in _LOOP_FUNCTIONS:
+            self_time[LOOP_NATIVE] += count
+            libraries[LOOP_NATIVE] += count
+        else:
+            self_time[f"{func} ({file})"] += count
+            libraries[_library(file)] += count
+        for name in {f"{fn} ({fl})" for fn, fl in frames}:
+            inclusive[name] += count
+    busy = max(1, total)
+
+    def shares(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(count / busy, 4)) for name, count in counter.most_common(top)]
+
+    return ProfileSummary(
+        samples=total,
+        top_self=shares(self_time),
+        top_inclusive=shares(inclusive),
+        by_library=shares(libraries),
+    )
