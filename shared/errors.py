@@ -15,7 +15,7 @@ from starlette.routing import Match
 
 from shared.envelope import fail
 
-log = structlog.get_logger("errors")
+log = structlog.get_logger(component="errors")
 
 # Failures of a dependency rather than of the request: lost or refused connections, an exhausted
 # pool (its acquire times out), a server shutting down.

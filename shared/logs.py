@@ -20,9 +20,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.CallsiteParameterAdder(
-            {structlog.processors.CallsiteParameter.MODULE}
-        ),
+        # No CallsiteParameterAdder: it walks the stack on every line, a measurable share of a
+        # request's CPU; each logger is named after its module instead.
     ]
     structlog.configure(
         processors=[

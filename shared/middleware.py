@@ -17,7 +17,7 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-log = structlog.get_logger("access")
+log = structlog.get_logger(component="access")
 
 # Paths whose traffic would drown the access log (scrapes and probes every few seconds).
 _QUIET_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})

@@ -1,12 +1,12 @@
-"""Runs one ASGI service under uvicorn with the fast loop and parser: `python -m
-services.<name>`.
-"""
+"""Runs one service's ASGI app under uvicorn, uvloop and httptools (`python -m services.X`)."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 
 import uvicorn
+from uvicorn.importer import import_from_string
 
 from shared.logs import configure_logging
 from shared.settings import ServiceSettings
@@ -18,8 +18,14 @@ def serve(app_path: str, service: str, settings: ServiceSettings) -> None:
     parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args()
     configure_logging(service, settings.log_level)
+    app = import_from_string(app_path)
+    # Everything imported so far lives as long as the process: moving it out of the collector's
+    # reach, and collecting less often, takes GC pauses off the request path (p99).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
     uvicorn.run(
-        app_path,
+        app,
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from services.chat.pagination import ConversationCursor, MessageCursor
+from shared.db.pool import Conn
 
 Record = asyncpg.Record
 
@@ -35,7 +36,7 @@ _AGENT_COLUMNS = """
 
 
 async def list_conversations(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     user_id: int,
     limit: int,
@@ -69,9 +70,7 @@ async def list_conversations(
     return [], await count_conversations(conn, user_id=user_id, archived=archived)
 
 
-async def count_conversations(
-    conn: asyncpg.Connection, *, user_id: int, archived: bool | None
-) -> int:
+async def count_conversations(conn: Conn, *, user_id: int, archived: bool | None) -> int:
     value = await conn.fetchval(
         """
         SELECT count(*) FROM chat.conversations
@@ -83,9 +82,7 @@ async def count_conversations(
     return int(value)
 
 
-async def get_conversation(
-    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
-) -> Record | None:
+async def get_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
     return await conn.fetchrow(
         f"SELECT {_CONVERSATION_COLUMNS} FROM chat.conversations WHERE id = $1 AND user_id = $2",
         conversation_id,
@@ -94,7 +91,7 @@ async def get_conversation(
 
 
 async def insert_conversation(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     user_id: int,
     title: str,
@@ -117,7 +114,7 @@ async def insert_conversation(
 
 
 async def update_conversation(
-    conn: asyncpg.Connection, *, user_id: int, conversation_id: int, changes: dict[str, Any]
+    conn: Conn, *, user_id: int, conversation_id: int, changes: dict[str, Any]
 ) -> Record | None:
     # Column names come from the validated update schema's field names, never from the client.
     allowed = {"title", "is_pinned", "is_archived", "status", "agent_id"}
@@ -136,9 +133,7 @@ async def update_conversation(
     )
 
 
-async def delete_conversation(
-    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
-) -> bool:
+async def delete_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> bool:
     """Deletes the conversation; its messages, attachments and sessions cascade with it."""
     deleted = await conn.fetchval(
         "DELETE FROM chat.conversations WHERE id = $1 AND user_id = $2 RETURNING id",
@@ -148,9 +143,7 @@ async def delete_conversation(
     return deleted is not None
 
 
-async def record_new_message(
-    conn: asyncpg.Connection, *, user_id: int, conversation_id: int
-) -> Record | None:
+async def record_new_message(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
     """Counts one more message and stamps its time; None when the conversation is missing or not
     theirs. The row lock this UPDATE takes serialises concurrent posts to one conversation, so the
     counter is exact, and `clock_timestamp()` is read after the lock is granted, so message times
@@ -173,7 +166,7 @@ async def record_new_message(
 
 
 async def list_messages(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     conversation_id: int,
     limit: int,
@@ -201,7 +194,7 @@ async def list_messages(
     return [], await count_messages(conn, conversation_id=conversation_id)
 
 
-async def count_messages(conn: asyncpg.Connection, *, conversation_id: int) -> int:
+async def count_messages(conn: Conn, *, conversation_id: int) -> int:
     value = await conn.fetchval(
         "SELECT count(*) FROM chat.messages WHERE conversation_id = $1", conversation_id
     )
@@ -209,7 +202,7 @@ async def count_messages(conn: asyncpg.Connection, *, conversation_id: int) -> i
 
 
 async def insert_message(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     conversation_id: int,
     content: str,
@@ -263,7 +256,7 @@ _SEARCH_FILTER = """
 
 
 async def search_messages(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     user_id: int,
     query: str,
@@ -305,7 +298,7 @@ async def search_messages(
 
 
 async def list_agents(
-    conn: asyncpg.Connection, *, include_inactive: bool, limit: int, offset: int
+    conn: Conn, *, include_inactive: bool, limit: int, offset: int
 ) -> tuple[list[Record], int]:
     rows = await conn.fetch(
         f"""
@@ -322,9 +315,7 @@ async def list_agents(
     return list(rows), int(total)
 
 
-async def get_agent(
-    conn: asyncpg.Connection, *, agent_id: int, include_inactive: bool
-) -> Record | None:
+async def get_agent(conn: Conn, *, agent_id: int, include_inactive: bool) -> Record | None:
     return await conn.fetchrow(
         f"SELECT {_AGENT_COLUMNS} FROM chat.agents WHERE id = $1 AND ($2 OR is_active)",
         agent_id,
@@ -332,7 +323,7 @@ async def get_agent(
     )
 
 
-async def insert_agent(conn: asyncpg.Connection, *, fields: dict[str, Any]) -> Record:
+async def insert_agent(conn: Conn, *, fields: dict[str, Any]) -> Record:
     names = sorted(fields)
     placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
     row = await conn.fetchrow(
@@ -346,9 +337,7 @@ async def insert_agent(conn: asyncpg.Connection, *, fields: dict[str, Any]) -> R
     return row
 
 
-async def update_agent(
-    conn: asyncpg.Connection, *, agent_id: int, changes: dict[str, Any]
-) -> Record | None:
+async def update_agent(conn: Conn, *, agent_id: int, changes: dict[str, Any]) -> Record | None:
     names = sorted(changes)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
     return await conn.fetchrow(
@@ -361,7 +350,7 @@ async def update_agent(
     )
 
 
-async def deactivate_agent(conn: asyncpg.Connection, *, agent_id: int) -> bool:
+async def deactivate_agent(conn: Conn, *, agent_id: int) -> bool:
     """Agents are retired, not erased: conversations and usage keep pointing at them."""
     retired = await conn.fetchval(
         """
@@ -377,7 +366,7 @@ async def deactivate_agent(conn: asyncpg.Connection, *, agent_id: int) -> bool:
 
 
 async def claim_idempotency_key(
-    conn: asyncpg.Connection, *, user_id: int, key: str, fingerprint: str, ttl_seconds: int
+    conn: Conn, *, user_id: int, key: str, fingerprint: str, ttl_seconds: int
 ) -> bool:
     """True when this request owns the key. A concurrent holder makes the INSERT wait for its
     transaction; an expired entry is taken over."""
@@ -399,7 +388,7 @@ async def claim_idempotency_key(
     return claimed is not None
 
 
-async def get_idempotency_key(conn: asyncpg.Connection, *, user_id: int, key: str) -> Record | None:
+async def get_idempotency_key(conn: Conn, *, user_id: int, key: str) -> Record | None:
     return await conn.fetchrow(
         """
         SELECT request_fingerprint, response_status, response_body::text AS response_body
@@ -411,7 +400,7 @@ async def get_idempotency_key(conn: asyncpg.Connection, *, user_id: int, key: st
 
 
 async def store_idempotent_response(
-    conn: asyncpg.Connection, *, user_id: int, key: str, status: int, body: bytes
+    conn: Conn, *, user_id: int, key: str, status: int, body: bytes
 ) -> None:
     await conn.execute(
         """

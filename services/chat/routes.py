@@ -32,7 +32,7 @@ from services.chat.service import (
     message_service,
     search_service,
 )
-from services.chat.unit_of_work import Connection, Idempotent, run_write
+from services.chat.unit_of_work import Connection, Database, Idempotent, run_write
 from shared.auth import AdminUser, CurrentUser
 from shared.envelope import ok
 
@@ -58,16 +58,17 @@ AgentId = Annotated[int, Path(ge=1, lt=2**31)]
 )
 async def list_conversations(
     user: CurrentUser,
-    conn: Connection,
+    db: Database,
     limit: Limit = 20,
     offset: Offset = 0,
     cursor: Cursor = None,
     archived: Annotated[bool | None, Query(description="Only (un)archived ones")] = None,
 ) -> Response:
     """List the caller's conversations, pinned first, then newest first."""
-    data = await conversation_service.list(
-        conn, user, limit=limit, offset=offset, cursor=cursor, archived=archived
-    )
+    async with db.acquire() as conn:
+        data = await conversation_service.list(
+            conn, user, limit=limit, offset=offset, cursor=cursor, archived=archived
+        )
     return ok(data, f"Found {data['total']} conversations")
 
 
@@ -96,10 +97,12 @@ async def create_conversation(
     responses=error_responses(401, 404, 422, 429),
 )
 async def get_conversation(
-    conversation_id: ConversationId, user: CurrentUser, conn: Connection
+    conversation_id: ConversationId, user: CurrentUser, db: Database
 ) -> Response:
     """Get one of the caller's conversations."""
-    return ok(await conversation_service.get(conn, user, conversation_id), "Conversation found")
+    async with db.acquire() as conn:
+        data = await conversation_service.get(conn, user, conversation_id)
+    return ok(data, "Conversation found")
 
 
 @router.put(
@@ -145,7 +148,7 @@ async def delete_conversation(
 async def list_messages(
     conversation_id: ConversationId,
     user: CurrentUser,
-    conn: Connection,
+    db: Database,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, at most 100")] = 50,
     offset: Offset = 0,
     cursor: Cursor = None,
@@ -154,9 +157,10 @@ async def list_messages(
     ] = "desc",
 ) -> Response:
     """List a conversation's messages, newest first by default."""
-    data = await message_service.list(
-        conn, user, conversation_id, limit=limit, offset=offset, cursor=cursor, order=order
-    )
+    async with db.acquire() as conn:
+        data = await message_service.list(
+            conn, user, conversation_id, limit=limit, offset=offset, cursor=cursor, order=order
+        )
     return ok(data, f"Found {data['total']} messages")
 
 

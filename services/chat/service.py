@@ -27,6 +27,7 @@ from services.chat.schemas import (
     ConversationUpdate,
     MessageCreate,
 )
+from shared.db.pool import Conn
 from shared.errors import Forbidden, NotFound, ValidationFailed
 from shared.tokens import Principal
 
@@ -54,7 +55,7 @@ def _unknown_agent(agent_id: int) -> ValidationFailed:
 class ConversationService:
     async def list(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         *,
         limit: int,
@@ -83,9 +84,7 @@ class ConversationService:
             "has_more": has_more,
         }
 
-    async def create(
-        self, conn: asyncpg.Connection, user: Principal, body: ConversationCreate
-    ) -> dict[str, Any]:
+    async def create(self, conn: Conn, user: Principal, body: ConversationCreate) -> dict[str, Any]:
         if body.agent_id is not None:
             await agent_service.require_active(conn, body.agent_id)
         row = await repo.insert_conversation(
@@ -97,9 +96,7 @@ class ConversationService:
         )
         return {"conversation_id": row["id"], "conversation": dict(row)}
 
-    async def get(
-        self, conn: asyncpg.Connection, user: Principal, conversation_id: int
-    ) -> dict[str, Any]:
+    async def get(self, conn: Conn, user: Principal, conversation_id: int) -> dict[str, Any]:
         row = await repo.get_conversation(
             conn, user_id=user.user_id, conversation_id=conversation_id
         )
@@ -109,7 +106,7 @@ class ConversationService:
 
     async def update(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         conversation_id: int,
         body: ConversationUpdate,
@@ -124,9 +121,7 @@ class ConversationService:
             raise _conversation_not_found(conversation_id)
         return {"conversation_id": row["id"], "conversation": dict(row)}
 
-    async def delete(
-        self, conn: asyncpg.Connection, user: Principal, conversation_id: int
-    ) -> dict[str, Any]:
+    async def delete(self, conn: Conn, user: Principal, conversation_id: int) -> dict[str, Any]:
         if not await repo.delete_conversation(
             conn, user_id=user.user_id, conversation_id=conversation_id
         ):
@@ -137,7 +132,7 @@ class ConversationService:
 class MessageService:
     async def list(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         conversation_id: int,
         *,
@@ -174,7 +169,7 @@ class MessageService:
 
     async def add(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         conversation_id: int,
         body: MessageCreate,
@@ -226,7 +221,7 @@ def normalize_query(query: str) -> str:
 class SearchService:
     async def search(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         *,
         query: str,
@@ -288,7 +283,7 @@ def _as_utc(value: datetime | None) -> datetime | None:
 class AgentService:
     async def list(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         user: Principal,
         *,
         limit: int,
@@ -302,23 +297,21 @@ class AgentService:
         )
         return {"agents": [dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
-    async def get(self, conn: asyncpg.Connection, user: Principal, agent_id: int) -> dict[str, Any]:
+    async def get(self, conn: Conn, user: Principal, agent_id: int) -> dict[str, Any]:
         row = await repo.get_agent(conn, agent_id=agent_id, include_inactive=user.is_admin)
         if row is None:
             raise NotFound(f"Agent {agent_id} not found")
         return dict(row)
 
-    async def require_active(self, conn: asyncpg.Connection, agent_id: int) -> None:
+    async def require_active(self, conn: Conn, agent_id: int) -> None:
         if await repo.get_agent(conn, agent_id=agent_id, include_inactive=False) is None:
             raise _unknown_agent(agent_id)
 
-    async def create(self, conn: asyncpg.Connection, body: AgentCreate) -> dict[str, Any]:
+    async def create(self, conn: Conn, body: AgentCreate) -> dict[str, Any]:
         row = await repo.insert_agent(conn, fields=body.model_dump())
         return dict(row)
 
-    async def update(
-        self, conn: asyncpg.Connection, agent_id: int, body: AgentUpdate
-    ) -> dict[str, Any]:
+    async def update(self, conn: Conn, agent_id: int, body: AgentUpdate) -> dict[str, Any]:
         row = await repo.update_agent(
             conn, agent_id=agent_id, changes=body.model_dump(include=body.model_fields_set)
         )
@@ -326,7 +319,7 @@ class AgentService:
             raise NotFound(f"Agent {agent_id} not found")
         return dict(row)
 
-    async def delete(self, conn: asyncpg.Connection, agent_id: int) -> dict[str, Any]:
+    async def delete(self, conn: Conn, agent_id: int) -> dict[str, Any]:
         if not await repo.deactivate_agent(conn, agent_id=agent_id):
             raise NotFound(f"Agent {agent_id} not found")
         return {"agent_id": agent_id}

@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 
 from services.gateway.proxy import UpstreamProxy
 
-log = structlog.get_logger("openapi")
+log = structlog.get_logger(component="openapi")
 
 OAUTH2_SCHEME = "OAuth2PasswordBearer"
 

@@ -24,7 +24,7 @@ from shared.errors import AppError, PayloadTooLarge, RateLimited
 from shared.middleware import current_request_id
 from shared.tokens import TokenVerifier, bearer_token
 
-log = structlog.get_logger("proxy")
+log = structlog.get_logger(component="proxy")
 
 UPSTREAM_REQUESTS = Counter(
     "gateway_upstream_requests_total",

@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-log = structlog.get_logger("ratelimit")
+log = structlog.get_logger(component="ratelimit")
 
 RATE_LIMIT_DECISIONS = Counter(
     "gateway_rate_limit_decisions_total",

@@ -18,7 +18,7 @@ from shared.errors import Conflict, NotFound, Unauthorized
 from shared.settings import JWTSettings
 from shared.tokens import Principal
 
-log = structlog.get_logger("accounts")
+log = structlog.get_logger(component="accounts")
 
 
 def public_user(row: asyncpg.Record) -> dict[str, Any]:

@@ -7,6 +7,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# What repositories take: a connection of their own or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def plain_dsn(url: str) -> str:
@@ -24,6 +28,15 @@ def sqlalchemy_url(url: str) -> str:
     return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, parts.query, parts.fragment))
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset round trip (`RESET ALL; UNLISTEN *; ...`).
+
+    The services never change session state (no SET, LISTEN, session-level advisory locks or
+    cursors outside transactions), so there is nothing to reset; asyncpg still rolls back a
+    transaction left open before calling this.
+    """
+
+
 async def create_pool(
     url: str, *, min_size: int, max_size: int, application_name: str
 ) -> asyncpg.Pool:
@@ -34,6 +47,7 @@ async def create_pool(
         # Timestamps are rendered in UTC whatever the server's default zone is.
         server_settings={"application_name": application_name, "timezone": "UTC"},
         command_timeout=30,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
