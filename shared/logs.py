@@ -16,7 +16,13 @@ def _orjson_dumps(event: Any, **_: Any) -> str:
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Route structlog and the standard library (uvicorn, asyncpg, celery) into one JSON stream."""
+    def add_service(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        # A processor, not a context variable: threads (Celery's pool) see it too.
+        event.setdefault("service", service)
+        return event
+
     shared_processors: list[Any] = [
+        add_service,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -34,7 +40,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared_processors,

@@ -412,3 +412,93 @@ async def store_idempotent_response(
         status,
         body.decode(),
     )
+
+
+# --- AI jobs -------------------------------------------------------------------------------------
+
+_JOB_COLUMNS = """
+    id, conversation_id, user_id, agent_id, status, model, prompt_message_id, reply_message_id,
+    attempts, error_code, error, input_tokens, output_tokens, cost::float8 AS cost,
+    processing_time, created_at, started_at, finished_at
+"""
+
+
+async def lock_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
+    """The caller's conversation, locked for this transaction (so its latest message is stable)."""
+    return await conn.fetchrow(
+        f"""
+        SELECT {_CONVERSATION_COLUMNS} FROM chat.conversations
+        WHERE id = $1 AND user_id = $2 FOR UPDATE
+        """,
+        conversation_id,
+        user_id,
+    )
+
+
+async def latest_message(conn: Conn, *, conversation_id: int) -> Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT id, sender, content FROM chat.messages
+        WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1
+        """,
+        conversation_id,
+    )
+
+
+async def default_agent(conn: Conn) -> Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM chat.agents WHERE is_default AND is_active LIMIT 1"
+    )
+
+
+async def insert_job(
+    conn: Conn,
+    *,
+    conversation_id: int,
+    user_id: int,
+    agent_id: int,
+    prompt_message_id: int,
+    model: str,
+    include_context: bool,
+    deadline_seconds: int,
+) -> Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id, model,
+                                  include_context, deadline_at)
+        VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+        RETURNING {_JOB_COLUMNS}
+        """,
+        conversation_id,
+        user_id,
+        agent_id,
+        prompt_message_id,
+        model,
+        include_context,
+        deadline_seconds,
+    )
+    assert row is not None
+    return row
+
+
+async def get_job(conn: Conn, *, user_id: int, job_id: int) -> Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_JOB_COLUMNS} FROM chat.ai_jobs WHERE id = $1 AND user_id = $2",
+        job_id,
+        user_id,
+    )
+
+
+async def get_job_reply(conn: Conn, *, user_id: int, job_id: int) -> Record | None:
+    """A job with its reply message's content and time (when it has one)."""
+    return await conn.fetchrow(
+        """
+        SELECT j.id, j.status, j.model, j.error_code, j.error, j.input_tokens, j.output_tokens,
+               j.cost::float8 AS cost, j.processing_time, j.reply_message_id,
+               m.content AS reply_content, m.created_at AS reply_created_at
+        FROM chat.ai_jobs j LEFT JOIN chat.messages m ON m.id = j.reply_message_id
+        WHERE j.id = $1 AND j.user_id = $2
+        """,
+        job_id,
+        user_id,
+    )

@@ -5,21 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
+from services.chat.ai_jobs import JobRunner
 from services.chat.schemas import (
     AgentCreate,
     AgentList,
     AgentPublic,
     AgentRef,
     AgentUpdate,
+    AIReply,
+    AIResponseRequest,
     ConversationCreate,
     ConversationList,
     ConversationRef,
     ConversationSummary,
     ConversationUpdate,
     Envelope,
+    JobPublic,
     MessageCreate,
     MessageCreated,
     MessageList,
@@ -27,11 +31,14 @@ from services.chat.schemas import (
     error_responses,
 )
 from services.chat.service import (
+    AIReplyFailed,
     agent_service,
+    ai_service,
     conversation_service,
     message_service,
     search_service,
 )
+from services.chat.settings import ChatSettings
 from services.chat.unit_of_work import Connection, Database, Idempotent, run_write
 from shared.auth import AdminUser, CurrentUser
 from shared.envelope import ok
@@ -294,3 +301,78 @@ async def delete_agent(agent_id: AgentId, admin: AdminUser, conn: Connection) ->
     return await run_write(
         conn, lambda c: agent_service.delete(c, agent_id), message="Agent deleted successfully"
     )
+
+
+# --- AI replies ----------------------------------------------------------------------------------
+
+JobId = Annotated[int, Path(ge=1, lt=2**63)]
+
+
+@router.post(
+    "/conversations/{conversation_id}/ai-response",
+    response_model=Envelope[AIReply],
+    responses={
+        202: {
+            "model": Envelope[JobPublic],
+            "description": "Accepted (with `Prefer: respond-async`)",
+        },
+        **error_responses(401, 404, 422, 429, 502, 504),
+    },
+)
+async def generate_ai_response(
+    conversation_id: ConversationId,
+    body: AIResponseRequest,
+    user: CurrentUser,
+    write: Idempotent,
+    db: Database,
+    request: Request,
+    prefer: Annotated[
+        str | None, Header(description="`respond-async`: answer 202 with the job at once")
+    ] = None,
+) -> Response:
+    """Generate the agent's reply to `message` (stored first unless it is the latest message)."""
+    settings: ChatSettings = request.app.state.settings
+    jobs: JobRunner = request.app.state.jobs
+    created = await write.run(
+        lambda c: ai_service.create_job(
+            c, user, conversation_id, body, deadline_seconds=settings.ai_job_deadline_seconds
+        ),
+        message="AI job queued",
+        status_code=202,
+    )
+    job_id = int(created.data["job_id"])
+    if not created.replayed:
+        # After the commit, so the worker finds the row; a job whose publish is lost (a crash
+        # right here) stays queued until the sweeper re-sends it.
+        await jobs.enqueue(job_id)
+    if prefer is not None and "respond-async" in prefer.lower():
+        return ok(
+            created.data["job"],
+            "AI job queued",
+            status_code=202,
+            headers={"Location": f"/chat/jobs/{job_id}", "Preference-Applied": "respond-async"},
+        )
+    finished = await jobs.wait(
+        job_id,
+        within_seconds=settings.ai_wait_timeout_seconds,
+        is_final=lambda: ai_service.is_final(db, user, job_id),
+    )
+    if not finished:
+        raise AIReplyFailed(
+            504,
+            "ai_timeout",
+            f"The AI reply is not ready after {settings.ai_wait_timeout_seconds:g} s; "
+            f"follow it at /chat/jobs/{job_id}",
+            {"job_id": job_id},
+        )
+    return ok(await ai_service.reply(db, user, job_id), "AI response generated")
+
+
+@router.get(
+    "/jobs/{job_id}", response_model=Envelope[JobPublic], responses=error_responses(401, 404)
+)
+async def get_job(job_id: JobId, user: CurrentUser, db: Database) -> Response:
+    """One of the caller's AI jobs: status, attempts, error, tokens, cost and timings."""
+    async with db.acquire() as conn:
+        data = await ai_service.get_job(conn, user, job_id)
+    return ok(data, "Job found")

@@ -247,3 +247,60 @@ class AgentList(BaseModel):
 
 class AgentRef(BaseModel):
     agent_id: int
+
+
+# --- AI replies ----------------------------------------------------------------------------------
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "incomplete"]
+
+
+class AIResponseRequest(StrictBody):
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    agent_id: int | None = Field(
+        default=None, gt=0, lt=2**31, description="Defaults to the conversation's agent"
+    )
+    include_context: bool = Field(
+        default=True, description="Send the agent's system prompt and recent history"
+    )
+
+    _nul = field_validator("message")(_no_nul)
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class AIReply(BaseModel):
+    message_id: int
+    ai_response: str
+    tokens_used: int
+    processing_time: float
+    cost: float
+    created_at: datetime
+    job_id: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+class JobPublic(BaseModel):
+    id: int
+    conversation_id: int
+    agent_id: int | None
+    status: JobStatus
+    model: str
+    prompt_message_id: int | None
+    reply_message_id: int | None
+    attempts: int
+    error_code: str | None
+    error: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: float | None
+    processing_time: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -23,12 +23,13 @@ from services.chat.pagination import (
 from services.chat.schemas import (
     AgentCreate,
     AgentUpdate,
+    AIResponseRequest,
     ConversationCreate,
     ConversationUpdate,
     MessageCreate,
 )
 from shared.db.pool import Conn
-from shared.errors import Forbidden, NotFound, ValidationFailed
+from shared.errors import AppError, Forbidden, NotFound, ValidationFailed
 from shared.tokens import Principal
 
 
@@ -329,3 +330,120 @@ conversation_service = ConversationService()
 message_service = MessageService()
 search_service = SearchService()
 agent_service = AgentService()
+
+
+FINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
+# A failed job's error code → the status the caller gets: the model timing out is a gateway
+# timeout, anything else the model provider did wrong is a bad gateway.
+_FAILURE_STATUS = {"llm_timeout": 504}
+
+
+class AIService:
+    async def create_job(
+        self,
+        conn: Conn,
+        user: Principal,
+        conversation_id: int,
+        body: AIResponseRequest,
+        *,
+        deadline_seconds: int,
+    ) -> dict[str, Any]:
+        """Stores the job (and the user's message first, unless it is already the latest one,
+        so the history stays whole); the caller commits, then enqueues."""
+        conversation = await repo.lock_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
+        )
+        if conversation is None:
+            raise _conversation_not_found(conversation_id)
+        agent_id = body.agent_id or conversation["agent_id"]
+        if agent_id is not None:
+            agent = await repo.get_agent(conn, agent_id=agent_id, include_inactive=False)
+            if agent is None:
+                raise _unknown_agent(agent_id)
+        else:
+            agent = await repo.default_agent(conn)
+            if agent is None:
+                raise ValidationFailed(
+                    "agent_id: the conversation has no agent and none is default"
+                )
+        latest = await repo.latest_message(conn, conversation_id=conversation_id)
+        if latest is not None and latest["sender"] == "user" and latest["content"] == body.message:
+            prompt_message_id = latest["id"]
+        else:
+            counted = await repo.record_new_message(
+                conn, user_id=user.user_id, conversation_id=conversation_id
+            )
+            assert counted is not None  # the conversation is locked and theirs
+            message = await repo.insert_message(
+                conn,
+                conversation_id=conversation_id,
+                content=body.message,
+                sender="user",
+                content_type="text",
+                message_type="text",
+                at=counted["last_message_at"],
+            )
+            prompt_message_id = message["id"]
+        job = await repo.insert_job(
+            conn,
+            conversation_id=conversation_id,
+            user_id=user.user_id,
+            agent_id=agent["id"],
+            prompt_message_id=prompt_message_id,
+            model=agent["model"],
+            include_context=body.include_context,
+            deadline_seconds=deadline_seconds,
+        )
+        return {"job_id": job["id"], "job": dict(job)}
+
+    async def get_job(self, conn: Conn, user: Principal, job_id: int) -> dict[str, Any]:
+        row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)
+        if row is None:
+            raise NotFound(f"Job {job_id} not found")
+        return dict(row)
+
+    async def is_final(self, db: asyncpg.Pool, user: Principal, job_id: int) -> bool:
+        async with db.acquire() as conn:
+            row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)
+        return row is not None and row["status"] in FINAL_JOB_STATUSES
+
+    async def reply(self, db: asyncpg.Pool, user: Principal, job_id: int) -> dict[str, Any]:
+        """The finished job's reply in the seed's shape, or the error the caller should see."""
+        async with db.acquire() as conn:
+            row = await repo.get_job_reply(conn, user_id=user.user_id, job_id=job_id)
+        if row is None:
+            raise NotFound(f"Job {job_id} not found")
+        if row["status"] != "completed" or row["reply_message_id"] is None:
+            raise AIReplyFailed(
+                _FAILURE_STATUS.get(row["error_code"] or "", 502),
+                row["error_code"] or f"ai_{row['status']}",
+                f"The AI reply {row['status']}: {row['error'] or 'no reply was produced'}",
+                {"job_id": job_id, "status": row["status"]},
+            )
+        input_tokens, output_tokens = row["input_tokens"] or 0, row["output_tokens"] or 0
+        return {
+            "message_id": row["reply_message_id"],
+            "ai_response": row["reply_content"],
+            "tokens_used": input_tokens + output_tokens,
+            "processing_time": round(float(row["processing_time"] or 0.0), 3),
+            "cost": float(row["cost"] or 0.0),
+            "created_at": row["reply_created_at"],
+            "job_id": job_id,
+            "model": row["model"],
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+        }
+
+
+class AIReplyFailed(AppError):
+    """The job ended without a reply (or did not end in time): a 502/504 naming the job."""
+
+    code = "ai_failed"
+
+    def __init__(self, status_code: int, code: str, message: str, details: Any) -> None:
+        super().__init__(message, details=details)
+        self.status_code = status_code  # type: ignore[misc]
+        self.code = code  # type: ignore[misc]
+
+
+ai_service = AIService()

@@ -87,6 +87,22 @@ async def run_write(
 
 
 @dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write produced: its envelope's data and status, or a replay of an earlier one."""
+
+    data: Any
+    status_code: int
+    body: bytes
+    replayed: bool
+
+    def response(self) -> Response:
+        headers = {"Idempotent-Replayed": "true"} if self.replayed else None
+        return Response(
+            self.body, status_code=self.status_code, media_type="application/json", headers=headers
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentWriter:
     """Runs a POST's work once per `Idempotency-Key` (see the module doc); without a key it is a
     plain transactional write."""
@@ -98,9 +114,15 @@ class IdempotentWriter:
     ttl_seconds: int
 
     async def __call__(self, work: Work, *, message: str, status_code: int = 200) -> Response:
-        if self.key is None:
-            return await run_write(self.conn, work, message=message, status_code=status_code)
+        result = await self.run(work, message=message, status_code=status_code)
+        return result.response()
+
+    async def run(self, work: Work, *, message: str, status_code: int = 200) -> WriteResult:
         conn, user, key = self.conn, self.user, self.key
+        if key is None:
+            async with conn.transaction():
+                data = await work(conn)
+            return WriteResult(data, status_code, dumps(success_body(data, message)), False)
         request = self.request
         fingerprint = hashlib.sha256(
             b"%s %s\n%s"
@@ -121,7 +143,7 @@ class IdempotentWriter:
             await repo.store_idempotent_response(
                 conn, user_id=user.user_id, key=key, status=status_code, body=body
             )
-        return Response(body, status_code=status_code, media_type="application/json")
+        return WriteResult(data, status_code, body, False)
 
 
 def idempotent_writer(
@@ -139,7 +161,7 @@ def idempotent_writer(
 Idempotent = Annotated[IdempotentWriter, Depends(idempotent_writer)]
 
 
-async def _replay(conn: Conn, user: Principal, key: str, fingerprint: str) -> Response:
+async def _replay(conn: Conn, user: Principal, key: str, fingerprint: str) -> WriteResult:
     stored = await repo.get_idempotency_key(conn, user_id=user.user_id, key=key)
     if stored is None or stored["response_status"] is None:  # pragma: no cover - see module doc
         raise ValidationFailed("Idempotency-Key: the first request with this key did not finish")
@@ -155,10 +177,5 @@ async def _replay(conn: Conn, user: Principal, key: str, fingerprint: str) -> Re
             ],
         )
     # Re-encode through orjson: jsonb normalised the stored text but kept its content exactly.
-    body = dumps(orjson.loads(stored["response_body"]))
-    return Response(
-        body,
-        status_code=stored["response_status"],
-        media_type="application/json",
-        headers={"Idempotent-Replayed": "true"},
-    )
+    envelope = orjson.loads(stored["response_body"])
+    return WriteResult(envelope.get("data"), stored["response_status"], dumps(envelope), True)

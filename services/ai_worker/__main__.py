@@ -1,0 +1,34 @@
+"""`python -m services.ai_worker`: a Celery worker for AI jobs, with its metrics on a port.
+
+The pool is threads: a job spends nearly all its time waiting on the LLM, so one process keeps
+AI_WORKER_CONCURRENCY calls in flight without a process per call; the GIL is not the limit.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import start_http_server
+
+from services.ai_worker.app import app, settings
+from shared.logs import configure_logging
+
+
+def main() -> None:
+    configure_logging("ai_worker", settings.log_level)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.concurrency}",
+            "--queues=ai",
+            f"--loglevel={settings.log_level}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

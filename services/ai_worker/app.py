@@ -1,0 +1,58 @@
+"""The AI worker's Celery app and the objects its tasks share (engine, LLM client, Redis)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+from sqlalchemy import Engine, create_engine
+
+from services.ai_worker.llm import LLMClient
+from services.ai_worker.service import ReplyService
+from services.ai_worker.settings import WorkerSettings
+from shared.db.pool import sqlalchemy_url
+from shared.jobs import celery_app
+
+settings = WorkerSettings()
+
+app = celery_app(
+    "ai_worker",
+    broker_url=settings.redis_url,
+    redis_prefix=settings.redis_prefix,
+    visibility_timeout_seconds=settings.visibility_timeout_seconds,
+    # Below the broker's visibility timeout (checked by the settings), so a task is never
+    # redelivered while its first run is still going.
+    task_time_limit=settings.task_time_limit_seconds,
+    task_soft_time_limit=settings.task_time_limit_seconds - 5,
+    # Our JSON logging stays in charge: Celery neither replaces the root logger's handlers nor
+    # wraps stdout (which would re-log each JSON line inside another).
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+    include=["services.ai_worker.tasks"],
+)
+
+
+class Resources:
+    """Created on first use inside the worker process (never at import, so the Celery parent
+    and tools importing this module open no connections)."""
+
+    @cached_property
+    def engine(self) -> Engine:
+        return create_engine(
+            sqlalchemy_url(settings.database_url),
+            pool_size=settings.concurrency,
+            max_overflow=4,
+            pool_pre_ping=True,
+        )
+
+    @cached_property
+    def replies(self) -> ReplyService:
+        return ReplyService(
+            settings,
+            self.engine,
+            LLMClient(settings),
+            redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+        )
+
+
+resources = Resources()

@@ -1,0 +1,172 @@
+"""The LLM client: the `openai` SDK at a configurable base URL, with our one layer of retries.
+
+The SDK's own retries are off (`max_retries=0`) so that retries, backoff and their metrics live
+in one place: 429, 5xx, timeouts and dropped connections are retried with exponential backoff
+and full jitter (honouring a provider's Retry-After up to the cap); anything else fails at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import structlog
+from prometheus_client import Counter, Histogram
+
+from services.ai_worker.settings import WorkerSettings
+
+log = structlog.get_logger(component="llm")
+
+LLM_ERRORS = Counter(
+    "ai_llm_errors_total",
+    "Failed LLM calls by kind (rate_limited, server_error, timeout, connection, bad_request).",
+    ["kind"],
+)
+LLM_LATENCY = Histogram(
+    "ai_llm_request_duration_seconds",
+    "One LLM call, from request to complete answer.",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+
+_RETRYABLE: dict[type[Exception], str] = {
+    openai.RateLimitError: "rate_limited",
+    openai.InternalServerError: "server_error",
+    openai.APITimeoutError: "timeout",
+    openai.APIConnectionError: "connection",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    latency_seconds: float
+    attempts: int
+
+
+class LLMError(Exception):
+    """The provider could not produce a reply; `code` is what the caller is told."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-independent estimate (about four characters a token) for budgets and for
+    servers that report no usage."""
+    return max(1, (len(text) + 3) // 4)
+
+
+class LLMClient:
+    def __init__(
+        self, settings: WorkerSettings, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._client = openai.OpenAI(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value(),
+            timeout=settings.llm_timeout_seconds,
+            max_retries=0,
+        )
+
+    def resolve_model(self, agent_model: str) -> str:
+        return self._settings.llm_default_model if agent_model == "default" else agent_model
+
+    def complete(
+        self,
+        *,
+        model: str,
+        messages: Sequence[dict[str, str]],
+        temperature: float,
+        max_tokens: int,
+    ) -> Completion:
+        s = self._settings
+        for attempt in range(1, s.llm_max_attempts + 1):
+            started = time.perf_counter()
+            try:
+                response = self._client.chat.completions.create(
+                    model=model,
+                    messages=list(messages),  # type: ignore[arg-type]
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                )
+            except tuple(_RETRYABLE) as exc:
+                kind = _kind_of(exc)
+                LLM_ERRORS.labels(kind).inc()
+                if attempt == s.llm_max_attempts:
+                    raise LLMError(
+                        f"llm_{kind}",
+                        f"The model provider failed {attempt} times ({kind}): {exc}",
+                        retryable=True,
+                    ) from exc
+                delay = self._backoff(attempt, exc)
+                log.warning("llm_retry", kind=kind, attempt=attempt, delay_seconds=round(delay, 3))
+                self._sleep(delay)  # backoff between attempts, not synchronisation
+                continue
+            except openai.APIStatusError as exc:
+                LLM_ERRORS.labels("bad_request").inc()
+                raise LLMError(
+                    "llm_rejected",
+                    f"The model provider refused the request: {exc}",
+                    retryable=False,
+                ) from exc
+            latency = time.perf_counter() - started
+            LLM_LATENCY.labels(model).observe(latency)
+            return _completion(response, model, latency, attempt, messages)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        s = self._settings
+        cap = min(s.llm_backoff_max_seconds, s.llm_backoff_base_seconds * 2 ** (attempt - 1))
+        delay = random.uniform(0, cap)  # full jitter: retries of many jobs spread out
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.llm_backoff_max_seconds))
+        return delay
+
+
+def _kind_of(exc: Exception) -> str:
+    for cls, kind in _RETRYABLE.items():
+        if isinstance(exc, cls):
+            return kind
+    return "unknown"
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _completion(
+    response: Any, model: str, latency: float, attempts: int, messages: Sequence[dict[str, str]]
+) -> Completion:
+    choice = response.choices[0] if response.choices else None
+    text = (choice.message.content or "") if choice is not None else ""
+    usage = getattr(response, "usage", None)
+    if usage is not None and usage.prompt_tokens is not None:
+        input_tokens, output_tokens = int(usage.prompt_tokens), int(usage.completion_tokens or 0)
+    else:
+        input_tokens = sum(estimate_tokens(m["content"]) + 4 for m in messages)
+        output_tokens = estimate_tokens(text) if text else 0
+    return Completion(
+        text=text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        model=getattr(response, "model", None) or model,
+        latency_seconds=latency,
+        attempts=attempts,
+    )

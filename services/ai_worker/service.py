@@ -1,0 +1,182 @@
+"""Generating one reply: load the job, build the prompt, call the model, store the outcome."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import redis
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import Engine, RowMapping
+
+from services.ai_worker import repository as repo
+from services.ai_worker.llm import Completion, LLMClient, LLMError, estimate_tokens
+from services.ai_worker.settings import WorkerSettings
+from shared.jobs import job_done_channel
+
+log = structlog.get_logger(component="reply")
+
+JOBS = Counter("ai_jobs_total", "AI jobs finished, by outcome.", ["outcome"])
+JOBS_IN_FLIGHT = Gauge("ai_jobs_in_flight", "AI jobs being generated right now.")
+QUEUE_WAIT = Histogram(
+    "ai_job_queue_wait_seconds",
+    "From a job's creation to the start of its (first) generation.",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600),
+)
+GENERATION = Histogram(
+    "ai_job_generation_seconds",
+    "From the start of a job's generation to its stored outcome.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+TOKENS = Counter(
+    "ai_llm_tokens_total", "Tokens used, by model, agent and kind.", ["model", "agent", "kind"]
+)
+COST = Counter(
+    "ai_llm_cost_total",
+    "Cost of generated replies (agent prices), by model and agent.",
+    ["model", "agent"],
+)
+
+
+def price(agent: RowMapping, completion: Completion) -> Decimal:
+    """Cost at the agent's prices when the reply was generated."""
+    per_1k = Decimal(1000)
+    return (
+        Decimal(completion.input_tokens) * Decimal(agent["input_price_per_1k"]) / per_1k
+        + Decimal(completion.output_tokens) * Decimal(agent["output_price_per_1k"]) / per_1k
+    ).quantize(Decimal("0.000001"))
+
+
+def build_prompt(
+    agent: RowMapping, history: list[RowMapping], *, include_context: bool, budget_tokens: int
+) -> list[dict[str, str]]:
+    """System prompt, then as much recent history as fits the budget, oldest first; the last
+    message is the one being answered. Without context: that message alone."""
+    if not history:
+        return []
+    latest, earlier = history[0], history[1:]
+    chosen = [latest]
+    messages: list[dict[str, str]] = []
+    if include_context:
+        system = agent["system_prompt"] or ""
+        used = estimate_tokens(system) + estimate_tokens(latest["content"])
+        for row in earlier:
+            cost = estimate_tokens(row["content"]) + 4
+            if used + cost > budget_tokens:
+                break
+            chosen.append(row)
+            used += cost
+        if system:
+            messages.append({"role": "system", "content": system})
+    for row in reversed(chosen):
+        role = "assistant" if row["sender"] == "agent" else "user"
+        messages.append({"role": role, "content": row["content"]})
+    return messages
+
+
+class ReplyService:
+    def __init__(
+        self, settings: WorkerSettings, engine: Engine, llm: LLMClient, redis_client: redis.Redis
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.llm = llm
+        self.redis = redis_client
+
+    def generate(self, job_id: int) -> str:
+        """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
+        a final job is left alone and a stored reply is never stored again."""
+        with self.engine.begin() as conn:
+            job = repo.start_job(conn, job_id)
+        if job is None:
+            return "skipped"
+        if job["attempts"] > self.settings.max_deliveries:
+            # Delivered again and again without finishing: its worker keeps dying on it.
+            return self._fail(
+                job_id, "too_many_deliveries", f"Gave up after {job['attempts'] - 1} deliveries"
+            )
+        if job["attempts"] == 1:
+            QUEUE_WAIT.observe(max(0.0, time.time() - job["created_at"].timestamp()))
+        JOBS_IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            return self._generate(job, started)
+        finally:
+            JOBS_IN_FLIGHT.dec()
+            GENERATION.observe(time.perf_counter() - started)
+
+    def _generate(self, job: RowMapping, started: float) -> str:
+        with self.engine.connect() as conn:
+            agent = repo.get_agent(conn, job["agent_id"])
+            history = repo.recent_messages(
+                conn,
+                conversation_id=job["conversation_id"],
+                up_to_id=job["prompt_message_id"],
+                limit=100,
+            )
+        if agent is None:
+            return self._fail(job["id"], "no_agent", "No agent is configured")
+        messages = build_prompt(
+            agent,
+            history,
+            include_context=job["include_context"],
+            budget_tokens=self.settings.context_budget_tokens,
+        )
+        if not messages:
+            return self._fail(job["id"], "empty_prompt", "The conversation has no message")
+        model = self.llm.resolve_model(job["model"] or agent["model"])
+        try:
+            completion = self.llm.complete(
+                model=model,
+                messages=messages,
+                temperature=float(agent["temperature"]),
+                max_tokens=int(agent["max_tokens"]),
+            )
+        except LLMError as exc:
+            return self._fail(job["id"], exc.code, str(exc))
+        cost = price(agent, completion)
+        elapsed = time.perf_counter() - started
+        with self.engine.begin() as conn:
+            message_id = repo.store_reply(
+                conn,
+                job=job,
+                agent_id=agent["id"],
+                model=completion.model,
+                content=completion.text,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                cost=cost,
+                processing_time=elapsed,
+                time_to_first_token=completion.latency_seconds,
+            )
+        if message_id is None:
+            return self._finished(job["id"], "duplicate")
+        agent_label = str(agent["id"])
+        TOKENS.labels(completion.model, agent_label, "input").inc(completion.input_tokens)
+        TOKENS.labels(completion.model, agent_label, "output").inc(completion.output_tokens)
+        COST.labels(completion.model, agent_label).inc(float(cost))
+        log.info(
+            "reply_stored",
+            job_id=job["id"],
+            message_id=message_id,
+            tokens=completion.input_tokens + completion.output_tokens,
+            seconds=round(elapsed, 3),
+            attempts=completion.attempts,
+        )
+        return self._finished(job["id"], "completed")
+
+    def _fail(self, job_id: int, code: str, error: str) -> str:
+        with self.engine.begin() as conn:
+            changed = repo.fail_job(conn, job_id=job_id, code=code, error=error)
+        log.warning("reply_failed", job_id=job_id, code=code, error=error[:300])
+        return self._finished(job_id, "failed" if changed else "duplicate")
+
+    def _finished(self, job_id: int, outcome: str) -> str:
+        JOBS.labels(outcome).inc()
+        try:
+            self.redis.publish(job_done_channel(self.settings.redis_prefix, job_id), outcome)
+        except redis.RedisError as exc:
+            # Waiters fall back to reading the job's row; the outcome is already stored.
+            log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)
+        return outcome
