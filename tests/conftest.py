@@ -28,6 +28,7 @@ from deploy.local.stack import (
     wait_services,
 )
 from tests.harness import Stack, User, client, envelope_data, log_in
+from tests.support.llm_stub import start_in_thread
 
 # Settings of the developer's shell that must not leak into the services under test.
 _ISOLATED_PREFIXES = ("GATEWAY_", "CHAT_", "ANALYTICS_", "AI_WORKER_", "JWT_", "ADMIN_")
@@ -87,7 +88,19 @@ def _start_stack(
     postgres.create_database(database)
     cleanup.callback(postgres.drop_database, database)
 
+    llm = start_in_thread()
+    cleanup.callback(llm.stop)
     env = _service_env(postgres.url(database), redis.url, redis_prefix)
+    env.update(
+        LLM_BASE_URL=llm.base_url,
+        LLM_API_KEY="test-key",
+        # Fast retries and timeouts keep the failure tests short; the logic is the same.
+        AI_WORKER_LLM_BACKOFF_BASE_SECONDS="0.05",
+        AI_WORKER_LLM_BACKOFF_MAX_SECONDS="0.2",
+        AI_WORKER_LLM_TIMEOUT_SECONDS="3",
+        AI_WORKER_CONCURRENCY="16",
+        CHAT_AI_WAIT_TIMEOUT_SECONDS="20",
+    )
     assign_ports(env, SERVICES, free=True)
     run_migrations(env, log_dir)
 
@@ -103,6 +116,7 @@ def _start_stack(
         admin_password=env["ADMIN_PASSWORD"],
         env=env,
         log_dir=log_dir,
+        llm=llm,
     )
     cleanup.callback(_stop_and_keep_tails, config, running)
     running.services = start_services(SERVICES, env, log_dir)

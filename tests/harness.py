@@ -10,6 +10,7 @@ import httpx
 
 from deploy.local.processes import Deadline, ManagedProcess
 from deploy.local.stack import READY_TIMEOUT, ROOT, SERVICES, RunningService, assign_ports
+from tests.support.llm_stub import RunningStub
 
 HTTP_TIMEOUT = 30.0
 
@@ -44,6 +45,8 @@ class Stack:
     admin_password: str
     env: dict[str, str]
     log_dir: Path
+    # The stand-in LLM provider the AI worker talks to (tests.support.llm_stub), and its control.
+    llm: RunningStub | None = None
     services: list[RunningService] = field(default_factory=list)
     extra: list[ManagedProcess] = field(default_factory=list)
 

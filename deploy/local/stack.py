@@ -46,6 +46,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("chat", "services.chat", "CHAT_PORT", 8001),
     ServiceSpec("analytics", "services.analytics", "ANALYTICS_PORT", 8002),
     ServiceSpec("gateway", "services.gateway", "GATEWAY_PORT", 8000),
+    # The Celery worker serves only its metrics over HTTP; answering there means it started.
+    ServiceSpec(
+        "ai_worker",
+        "services.ai_worker",
+        "AI_WORKER_METRICS_PORT",
+        9101,
+        health_path="/metrics",
+        ready_path="/metrics",
+    ),
 )
 
 

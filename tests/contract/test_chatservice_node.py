@@ -45,11 +45,11 @@ BUILT = {
     "getConversations": ("GET", "/chat/conversations"),
     "getMessages": ("GET", "/chat/conversations/{id}/messages"),
     "searchMessages": ("GET", "/chat/search"),
+    "generateAIResponse": ("POST", "/chat/conversations/{id}/ai-response"),
 }
 # Endpoints of later issues: their answers are recorded, not required to succeed.
 NOT_BUILT_YET = {
     "getAnalytics": ("GET", "/chat/analytics/dashboard"),
-    "generateAIResponse": ("POST", "/chat/conversations/{id}/ai-response"),
 }
 
 
@@ -239,6 +239,17 @@ def test_results_are_the_callers_own_data(run: Run) -> None:
     ], found
 
 
+def test_ai_response_answers_the_users_message(run: Run) -> None:
+    """generateAIResponse(conversationId, message, agentId) with the message just sent: the reply
+    (from the stand-in LLM, which echoes) is a new agent message; the user's is not stored twice."""
+    sent = run.result("sendMessage")["data"]
+    reply = run.result("generateAIResponse")["data"]
+    assert reply["ai_response"] == f"Echo: {run.config['content']}", reply
+    assert reply["message_id"] > sent["message_id"]
+    assert reply["tokens_used"] == reply["input_tokens"] + reply["output_tokens"] > 0
+    assert reply["processing_time"] >= 0 and reply["cost"] >= 0
+
+
 def test_another_users_token_sees_none_of_it(run: Run) -> None:
     conversation_id = run.output["conversation_id"]
     message_id = run.result("sendMessage")["data"]["message_id"]
@@ -266,7 +277,7 @@ def test_another_users_token_sees_none_of_it(run: Run) -> None:
 
 @pytest.mark.parametrize("method", list(NOT_BUILT_YET))
 def test_not_built_yet_calls_are_recorded(run: Run, method: str) -> None:
-    """getAnalytics / generateAIResponse belong to later issues: the call reaches the gateway
+    """getAnalytics belongs to a later issue: the call reaches the gateway
     and its answer is recorded (shown with -rA); success is not required. Should the endpoint
     answer success, the answer must already have the seed's shape."""
     http_method, seed_path = NOT_BUILT_YET[method]

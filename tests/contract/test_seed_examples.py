@@ -4,8 +4,8 @@ fetch call), on data the test creates first, with real ids in place of the examp
 answer must have the example's shape (seed_contract.py: every key, same JSON types, recursively;
 extra keys allowed) and be about that data.
 
-Not here, because their issues are not built yet: POST .../ai-response, GET
-/chat/analytics/dashboard, GET /chat/analytics/global.
+Not here, because their issue is not built yet: GET /chat/analytics/dashboard and
+GET /chat/analytics/global.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ COVERED = {
     ("GET", "/chat/conversations/{id}/messages"),
     ("POST", "/chat/conversations/{id}/messages"),
     ("GET", "/chat/search"),
+    ("POST", "/chat/conversations/{id}/ai-response"),
 }
 LATER_ISSUES = {
-    ("POST", "/chat/conversations/{id}/ai-response"),
     ("GET", "/chat/analytics/dashboard"),
     ("GET", "/chat/analytics/global"),
 }
@@ -222,3 +222,29 @@ def test_search_messages(http: httpx.Client, new_user: NewUser) -> None:
         (message_id, conversation_id, content)
     ], data
     assert data["total"] == 1, data
+
+
+# 6. POST /chat/conversations/{id}/ai-response
+def test_generate_ai_response(http: httpx.Client, new_user: NewUser) -> None:
+    user = new_user()
+    conversation_id = _create_conversation(http, user)
+    request = _seed_request(
+        "POST", "/chat/conversations/{id}/ai-response", agent_id=_default_agent_id(http, user)
+    )
+
+    path = f"/chat/conversations/{conversation_id}/ai-response"
+    body = _body(http.post(path, json=request, headers=user.headers), f"POST {path}")
+    assert_seed_shape(
+        body, example("POST", "/chat/conversations/{id}/ai-response")["response"], "AI response"
+    )
+    # The stand-in LLM echoes; the history holds the user's message and the reply, in order.
+    assert body["data"]["ai_response"] == f"Echo: {request['message']}"
+    listed = _body(
+        http.get(f"/chat/conversations/{conversation_id}/messages?order=asc", headers=user.headers),
+        "GET messages",
+    )["data"]["messages"]
+    assert [(m["sender"], m["content"]) for m in listed] == [
+        ("user", request["message"]),
+        ("agent", body["data"]["ai_response"]),
+    ]
+    assert listed[1]["id"] == body["data"]["message_id"]
