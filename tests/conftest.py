@@ -100,6 +100,8 @@ def _start_stack(
         AI_WORKER_LLM_TIMEOUT_SECONDS="3",
         AI_WORKER_CONCURRENCY="16",
         CHAT_AI_WAIT_TIMEOUT_SECONDS="20",
+        AI_WORKER_SWEEP_INTERVAL_SECONDS="0.5",
+        AI_WORKER_REQUEUE_AFTER_SECONDS="5",
     )
     assign_ports(env, SERVICES, free=True)
     run_migrations(env, log_dir)

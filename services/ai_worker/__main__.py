@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import start_http_server
 
-from services.ai_worker.app import app, settings
+from services.ai_worker.app import app, resources, settings
+from services.ai_worker.sweeper import JobSweeper
 from shared.logs import configure_logging
 
 
@@ -16,6 +17,8 @@ def main() -> None:
     configure_logging("ai_worker", settings.log_level)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
+    sweeper = JobSweeper(app, resources.replies)
+    sweeper.start()
     app.worker_main(
         [
             "worker",

@@ -192,3 +192,44 @@ def job_status(conn: Connection, job_id: int) -> Any:
     return conn.execute(
         text("SELECT status FROM chat.ai_jobs WHERE id = :id"), {"id": job_id}
     ).scalar()
+
+
+def expire_overdue_jobs(conn: Connection) -> list[int]:
+    """Fails unfinished jobs past their deadline (one sweeper takes each: SKIP LOCKED)."""
+    rows = conn.execute(
+        text(
+            """
+            UPDATE chat.ai_jobs SET status = 'failed', error_code = 'deadline_exceeded',
+                   error = 'The job did not finish before its deadline', finished_at = now()
+            WHERE id IN (
+                SELECT id FROM chat.ai_jobs
+                WHERE status IN ('queued', 'running') AND deadline_at < now()
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id
+            """
+        )
+    )
+    return [int(row[0]) for row in rows]
+
+
+def claim_unstarted_jobs(conn: Connection, *, older_than_seconds: int, limit: int) -> list[int]:
+    """Queued jobs no worker has started for a while: marked re-sent now, to be published again."""
+    rows = conn.execute(
+        text(
+            """
+            UPDATE chat.ai_jobs SET requeued_at = now()
+            WHERE id IN (
+                SELECT id FROM chat.ai_jobs
+                WHERE status = 'queued' AND attempts = 0
+                  AND COALESCE(requeued_at, created_at) < now() - make_interval(secs => :age)
+                ORDER BY id
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id
+            """
+        ),
+        {"age": older_than_seconds, "limit": limit},
+    )
+    return [int(row[0]) for row in rows]

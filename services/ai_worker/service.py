@@ -174,9 +174,13 @@ class ReplyService:
 
     def _finished(self, job_id: int, outcome: str) -> str:
         JOBS.labels(outcome).inc()
+        self.announce(job_id, outcome)
+        return outcome
+
+    def announce(self, job_id: int, outcome: str) -> None:
+        """Tells the requests waiting on the job that it reached a final state."""
         try:
             self.redis.publish(job_done_channel(self.settings.redis_prefix, job_id), outcome)
         except redis.RedisError as exc:
             # Waiters fall back to reading the job's row; the outcome is already stored.
             log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)
-        return outcome

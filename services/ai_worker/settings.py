@@ -43,6 +43,11 @@ class WorkerSettings(ServiceSettings):
     # or a slow task would run twice at once.
     visibility_timeout_seconds: int = Field(default=600, ge=20)
 
+    # The sweeper: how often it runs, and how long a job may sit queued and unstarted before it
+    # is sent again (its first publish may have been lost with a crashed chat process).
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    requeue_after_seconds: int = Field(default=120, ge=1)
+
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> WorkerSettings:
         if self.visibility_timeout_seconds <= self.task_time_limit_seconds:

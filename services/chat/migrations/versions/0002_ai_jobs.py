@@ -45,8 +45,10 @@ def upgrade() -> None:
         ),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        # Past this a queued or running job is swept (re-queued or failed).
+        # Past this a queued or running job is swept (failed as deadline_exceeded).
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=False),
+        # When the sweeper last re-sent a job that no worker had started (a lost publish).
+        sa.Column("requeued_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["conversation_id"],
             [f"{S}.conversations.id"],
