@@ -58,9 +58,10 @@ _SERVER_MODULES = ("llama_cpp", "sse_starlette", "starlette_context")
 # these from our environment.
 _PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 # Threads llama.cpp computes with. Its threads wait for each other at every step, so one of
-# them losing its core to another process stalls all of them: measured on 2 cores beside one
-# busy process, 2 threads gave 2-4 tokens/s and 1 thread 44; on an idle machine 2 gave ~75 and
-# 1 ~68. `make run` shares the machine with the whole system, so one core is left to it.
+# them losing its core to another process stalls all of them. Measured on 2 cores with other
+# work running: 1 thread ~70 tokens/s, 2 threads ~35-40 (2-4 beside one busy process; ~75 only
+# when the machine was otherwise quiet). `make run` shares the machine with the whole system,
+# so one core is left to it.
 DEFAULT_THREADS = max(1, (os.cpu_count() or 1) - 1)
 _BIND_RETRIES = 3
 _PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
@@ -185,7 +186,7 @@ def _child_env() -> dict[str, str]:
     env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
     env["PYTHONUNBUFFERED"] = "1"
     # Idle OpenMP threads sleep instead of spinning on cores the rest of the system needs
-    # (2 threads beside a busy process: ~35 tokens/s instead of ~2-13).
+    # (with 2 threads beside a busy process: ~35 tokens/s instead of ~2-13).
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
