@@ -14,6 +14,7 @@ STAMP := $(VENV)/.install-stamp
 help:
 	@echo "make install   create $(VENV) and install the project with its dev and embedded extras"
 	@echo "make run       run gateway, chat and analytics (docs: http://127.0.0.1:8000/docs)"
+	@echo "make install-llm  build the embedded LLM make run uses without LLM_BASE_URL (~3 min once)"
 	@echo "make test      lint, then run the test suite"
 	@echo "make lint      ruff and mypy"
 	@echo "make migrate   create the database if needed and migrate it (DATABASE_URL)"
@@ -49,7 +50,8 @@ $(LLM_STAMP): pyproject.toml | $(STAMP)
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[llm]'
 	@touch $@
 
-run: install
+# The embedded LLM (llama.cpp, compiled once: ~3 min) only when no outside provider is set.
+run: install $(if $(LLM_BASE_URL),,install-llm)
 	$(BIN)/python -m deploy.local.run
 
 lint: install

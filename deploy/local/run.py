@@ -20,6 +20,7 @@ from types import FrameType
 
 from sqlalchemy.engine import make_url
 
+from deploy.local.llm import LLMUnavailable, start_llm
 from deploy.local.processes import ManagedProcess, ProcessFailed, echo_line, tcp_answers
 from deploy.local.servers import ServerUnavailable, ensure_postgres, ensure_redis
 from deploy.local.stack import (
@@ -166,6 +167,18 @@ def _run(args: argparse.Namespace, cleanup: ExitStack) -> int:
         return 0
 
     _check_ports_free(env)
+    if not env.get("LLM_BASE_URL"):
+        llm = start_llm(workdir)
+        cleanup.callback(llm.stop)
+        env.update(llm.env())
+        # Its context window is 2,048 tokens: history is cut to fit beside a reply.
+        env.setdefault("AI_WORKER_CONTEXT_BUDGET_TOKENS", "1024")
+        say(
+            f"no LLM_BASE_URL: started the embedded {llm.model} at {llm.base_url} "
+            "(a tiny base model: see README for a real provider)"
+        )
+    else:
+        say(f"LLM: using {env['LLM_BASE_URL']}")
     exited = threading.Event()
 
     def note_exit(process: ManagedProcess) -> None:
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             say("stopping")
             status = 0
-        except (ServerUnavailable, ProcessFailed) as exc:
+        except (ServerUnavailable, ProcessFailed, LLMUnavailable) as exc:
             print(f"\nmake run failed: {exc}\n", file=sys.stderr)
         finally:
             # Let the cleanup finish: every step of it has its own deadline.
