@@ -16,9 +16,10 @@ class ChatSettings(ServiceSettings):
     port: int = 8001
     # How long a stored Idempotency-Key answer is replayed before the key may be reused.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
-    # POST .../ai-response waits this long for the worker before answering 504 (the job goes on
-    # and stays readable at GET /chat/jobs/{id}).
-    ai_wait_timeout_seconds: float = Field(default=120.0, gt=0)
+    # POST .../ai-response waits this long for the worker before answering 504; the job goes on
+    # and stays readable at GET /chat/jobs/{id}. Shorter than the gateway's upstream timeout
+    # (120 s), so the caller gets this 504, which names the job.
+    ai_wait_timeout_seconds: float = Field(default=90.0, gt=0)
     # A job not finished by then is swept (re-queued or failed).
     ai_job_deadline_seconds: int = Field(default=600, ge=30)
     # Must match the AI worker's: both name the broker's redelivery delay.
