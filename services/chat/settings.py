@@ -20,7 +20,7 @@ class ChatSettings(ServiceSettings):
     # and stays readable at GET /chat/jobs/{id}. Shorter than the gateway's upstream timeout
     # (120 s), so the caller gets this 504, which names the job.
     ai_wait_timeout_seconds: float = Field(default=90.0, gt=0)
-    # A job not finished by then is swept (re-queued or failed).
+    # A job not finished by then is failed by the sweeper (deadline_exceeded).
     ai_job_deadline_seconds: int = Field(default=600, ge=30)
     # Must match the AI worker's: both name the broker's redelivery delay.
     ai_visibility_timeout_seconds: int = Field(default=600, ge=20)
