@@ -101,6 +101,12 @@ class RateLimited(AppError):
     default_message = "Too many requests"
 
 
+class NotImplementedHere(AppError):
+    status_code = 501
+    code = "not_implemented"
+    default_message = "Not available in this deployment"
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "service_unavailable"
@@ -119,6 +125,7 @@ _STATUS_CODES: dict[int, str] = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
+    501: "not_implemented",
     503: "service_unavailable",
 }
 

@@ -14,7 +14,7 @@ from services.gateway.security import (
     issue_access_token,
     verify_password,
 )
-from shared.errors import Conflict, NotFound, Unauthorized
+from shared.errors import Conflict, NotFound, NotImplementedHere, Unauthorized
 from shared.settings import JWTSettings
 from shared.tokens import Principal
 
@@ -48,6 +48,10 @@ class UserService:
     async def login(
         self, pool: asyncpg.Pool, jwt_settings: JWTSettings, body: LoginRequest
     ) -> dict[str, Any]:
+        if jwt_settings.algorithm != "HS256":
+            raise NotImplementedHere(
+                "Sign-in is handled by the identity provider (JWT_ALGORITHM=RS256)"
+            )
         row = await repo.get_user_by_email(pool, body.email.lower())
         valid, new_hash = await verify_password(
             body.password, row["password_hash"] if row is not None else None
