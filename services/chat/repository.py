@@ -502,3 +502,27 @@ async def get_job_reply(conn: Conn, *, user_id: int, job_id: int) -> Record | No
         job_id,
         user_id,
     )
+
+
+async def lock_user_ai_quota(conn: Conn, *, user_id: int) -> None:
+    """Serialises one user's job creations until commit, so quota checks cannot race."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chat.ai-quota'), $1)", user_id)
+
+
+async def ai_usage_today(conn: Conn, *, user_id: int) -> Record:
+    """The user's unfinished jobs, and tokens and cost used since midnight UTC."""
+    row = await conn.fetchrow(
+        """
+        SELECT
+            (SELECT count(*) FROM chat.ai_jobs
+             WHERE user_id = $1 AND status IN ('queued', 'running')) AS active_jobs,
+            COALESCE(sum(input_tokens + output_tokens), 0) AS tokens,
+            COALESCE(sum(cost), 0)::float8 AS cost
+        FROM chat.ai_usage
+        WHERE user_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC')
+                                              AT TIME ZONE 'UTC'
+        """,
+        user_id,
+    )
+    assert row is not None
+    return row

@@ -31,6 +31,7 @@ from services.chat.schemas import (
     error_responses,
 )
 from services.chat.service import (
+    AIQuota,
     AIReplyFailed,
     agent_service,
     ai_service,
@@ -335,7 +336,16 @@ async def generate_ai_response(
     jobs: JobRunner = request.app.state.jobs
     created = await write.run(
         lambda c: ai_service.create_job(
-            c, user, conversation_id, body, deadline_seconds=settings.ai_job_deadline_seconds
+            c,
+            user,
+            conversation_id,
+            body,
+            deadline_seconds=settings.ai_job_deadline_seconds,
+            quota=AIQuota(
+                max_concurrent_jobs=settings.ai_max_concurrent_jobs,
+                daily_tokens=settings.ai_daily_token_limit,
+                daily_cost=settings.ai_daily_cost_limit,
+            ),
         ),
         message="AI job queued",
         status_code=202,

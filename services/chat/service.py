@@ -7,7 +7,8 @@ envelope's `data`; the transaction around them is opened in exactly one place (`
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -29,7 +30,7 @@ from services.chat.schemas import (
     MessageCreate,
 )
 from shared.db.pool import Conn
-from shared.errors import AppError, Forbidden, NotFound, ValidationFailed
+from shared.errors import AppError, Forbidden, NotFound, RateLimited, ValidationFailed
 from shared.tokens import Principal
 
 
@@ -332,6 +333,13 @@ search_service = SearchService()
 agent_service = AgentService()
 
 
+@dataclass(frozen=True, slots=True)
+class AIQuota:
+    max_concurrent_jobs: int
+    daily_tokens: int
+    daily_cost: float
+
+
 FINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
 # A failed job's error code → the status the caller gets: the model timing out is a gateway
 # timeout, anything else the model provider did wrong is a bad gateway.
@@ -347,6 +355,7 @@ class AIService:
         body: AIResponseRequest,
         *,
         deadline_seconds: int,
+        quota: AIQuota,
     ) -> dict[str, Any]:
         """Stores the job (and the user's message first, unless it is already the latest one,
         so the history stays whole); the caller commits, then enqueues."""
@@ -355,6 +364,7 @@ class AIService:
         )
         if conversation is None:
             raise _conversation_not_found(conversation_id)
+        await self._check_quota(conn, user, quota)
         agent_id = body.agent_id or conversation["agent_id"]
         if agent_id is not None:
             agent = await repo.get_agent(conn, agent_id=agent_id, include_inactive=False)
@@ -395,6 +405,34 @@ class AIService:
             deadline_seconds=deadline_seconds,
         )
         return {"job_id": job["id"], "job": dict(job)}
+
+    async def _check_quota(self, conn: Conn, user: Principal, quota: AIQuota) -> None:
+        """Limits checked before any model call: concurrent jobs, and tokens and cost per UTC
+        day. A quota is per user, so the check holds a per-user lock until the job is stored."""
+        await repo.lock_user_ai_quota(conn, user_id=user.user_id)
+        usage = await repo.ai_usage_today(conn, user_id=user.user_id)
+        if usage["active_jobs"] >= quota.max_concurrent_jobs:
+            raise RateLimited(
+                f"{usage['active_jobs']} AI replies are already being generated for you; "
+                f"at most {quota.max_concurrent_jobs} at once",
+                headers={"Retry-After": "2"},
+                details={"quota": "concurrent_jobs", "limit": quota.max_concurrent_jobs},
+            )
+        over_tokens = usage["tokens"] >= quota.daily_tokens
+        over_cost = quota.daily_cost > 0 and usage["cost"] >= quota.daily_cost
+        if over_tokens or over_cost:
+            now = datetime.now(UTC)
+            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            which = "daily_tokens" if over_tokens else "daily_cost"
+            raise RateLimited(
+                f"Your AI quota for today is used up ({which}); it resets at 00:00 UTC",
+                headers={"Retry-After": str(max(1, int((midnight - now).total_seconds())))},
+                details={
+                    "quota": which,
+                    "limit": quota.daily_tokens if over_tokens else quota.daily_cost,
+                    "used": usage["tokens"] if over_tokens else usage["cost"],
+                },
+            )
 
     async def get_job(self, conn: Conn, user: Principal, job_id: int) -> dict[str, Any]:
         row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)

@@ -24,3 +24,8 @@ class ChatSettings(ServiceSettings):
     ai_job_deadline_seconds: int = Field(default=600, ge=30)
     # Must match the AI worker's: both name the broker's redelivery delay.
     ai_visibility_timeout_seconds: int = Field(default=600, ge=20)
+    # Per-user AI quotas, checked before a job is created (429 with Retry-After past them).
+    ai_max_concurrent_jobs: int = Field(default=4, ge=1)
+    ai_daily_token_limit: int = Field(default=1_000_000, ge=1)
+    # In the agents' price units; 0 disables the cost quota.
+    ai_daily_cost_limit: float = Field(default=0.0, ge=0)

@@ -1,0 +1,66 @@
+"""Per-user AI quotas, enforced before any model call: concurrent jobs and tokens per day."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import httpx
+import psycopg
+
+from tests.chat.factories import create_conversation, list_messages
+from tests.chat.helpers import assert_error
+from tests.harness import Stack, User
+
+AI_TIMEOUT = 60.0
+
+
+def test_used_up_daily_tokens_are_429_until_midnight(
+    http: httpx.Client, alice: User, db: psycopg.Connection
+) -> None:
+    conversation = create_conversation(http, alice)
+    # A day's worth of usage (the default limit is 1,000,000 tokens).
+    db.execute(
+        """
+        INSERT INTO chat.ai_usage (job_id, user_id, model, input_tokens, output_tokens, cost,
+                                   latency_seconds)
+        VALUES (%s, %s, 'm', 600000, 400000, 0, 1)
+        """,
+        (-secrets.randbelow(2**40) - 1, alice.id),
+    )
+    response = http.post(
+        f"/chat/conversations/{conversation['id']}/ai-response",
+        json={"message": "one more please"},
+        headers=alice.headers,
+        timeout=AI_TIMEOUT,
+    )
+    error = assert_error(response, 429, "rate_limited")
+    assert error["error"]["details"]["quota"] == "daily_tokens"
+    assert 1 <= int(response.headers["retry-after"]) <= 86_400
+    # Refused before anything was written: no job, no message.
+    assert list_messages(http, alice, conversation["id"])["total"] == 0
+    row = db.execute("SELECT count(*) FROM chat.ai_jobs WHERE user_id = %s", (alice.id,)).fetchone()
+    assert row == (0,)
+
+
+async def test_more_concurrent_jobs_than_allowed_are_429(
+    ahttp: httpx.AsyncClient, http: httpx.Client, alice: User, stack: Stack
+) -> None:
+    limit = int(stack.env.get("CHAT_AI_MAX_CONCURRENT_JOBS", "4"))
+    conversations = [create_conversation(http, alice) for _ in range(limit + 1)]
+
+    async def ask(conversation_id: int) -> httpx.Response:
+        return await ahttp.post(
+            f"/chat/conversations/{conversation_id}/ai-response",
+            # Each reply takes 3 s, so all of them are in flight together.
+            json={"message": f"slow one [[delay:3]] {secrets.token_hex(4)}"},
+            headers=alice.headers,
+            timeout=AI_TIMEOUT,
+        )
+
+    responses = await asyncio.gather(*(ask(c["id"]) for c in conversations))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * limit + [429], [r.text for r in responses]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["details"]["quota"] == "concurrent_jobs"
+    assert int(refused.headers["retry-after"]) >= 1
