@@ -19,8 +19,8 @@ def start_job(conn: Connection, job_id: int) -> RowMapping | None:
                 SET status = 'running', attempts = attempts + 1,
                     started_at = COALESCE(started_at, now())
                 WHERE id = :id AND status IN ('queued', 'running')
-                RETURNING id, conversation_id, user_id, agent_id, prompt_message_id, model,
-                          include_context, attempts, created_at
+                RETURNING id, conversation_id, user_id, agent_id, prompt_message_id,
+                          regenerates_message_id, model, include_context, attempts, created_at
                 """
             ),
             {"id": job_id},
@@ -114,6 +114,17 @@ def store_reply(
     ).scalar()
     if message_id is None:
         return None
+    if job["regenerates_message_id"] is not None:
+        # The earlier reply stays in the history, marked as replaced.
+        conn.execute(
+            text(
+                """
+                UPDATE chat.messages SET status = 'superseded', updated_at = clock_timestamp()
+                WHERE id = :mid AND conversation_id = :cid
+                """
+            ),
+            {"mid": job["regenerates_message_id"], "cid": job["conversation_id"]},
+        )
     conn.execute(
         text(
             """

@@ -418,8 +418,8 @@ async def store_idempotent_response(
 
 _JOB_COLUMNS = """
     id, conversation_id, user_id, agent_id, status, model, prompt_message_id, reply_message_id,
-    attempts, error_code, error, input_tokens, output_tokens, cost::float8 AS cost,
-    processing_time, created_at, started_at, finished_at
+    regenerates_message_id, attempts, error_code, error, input_tokens, output_tokens,
+    cost::float8 AS cost, processing_time, created_at, started_at, finished_at
 """
 
 
@@ -461,12 +461,13 @@ async def insert_job(
     model: str,
     include_context: bool,
     deadline_seconds: int,
+    regenerates_message_id: int | None = None,
 ) -> Record:
     row = await conn.fetchrow(
         f"""
         INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id, model,
-                                  include_context, deadline_at)
-        VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+                                  include_context, deadline_at, regenerates_message_id)
+        VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
         RETURNING {_JOB_COLUMNS}
         """,
         conversation_id,
@@ -476,6 +477,7 @@ async def insert_job(
         model,
         include_context,
         deadline_seconds,
+        regenerates_message_id,
     )
     assert row is not None
     return row
@@ -526,3 +528,24 @@ async def ai_usage_today(conn: Conn, *, user_id: int) -> Record:
     )
     assert row is not None
     return row
+
+
+async def reply_to_regenerate(
+    conn: Conn, *, conversation_id: int, message_id: int
+) -> Record | None:
+    """An agent message of the conversation, with the user message it answered (its job's
+    prompt, else the latest user message before it) and its agent."""
+    return await conn.fetchrow(
+        """
+        SELECT m.id, m.status, j.agent_id, COALESCE(j.include_context, true) AS include_context,
+               COALESCE(j.prompt_message_id, (
+                   SELECT max(p.id) FROM chat.messages p
+                   WHERE p.conversation_id = m.conversation_id AND p.id < m.id
+                     AND p.sender = 'user')) AS prompt_message_id
+        FROM chat.messages m
+        LEFT JOIN chat.ai_jobs j ON j.id = m.ai_job_id
+        WHERE m.id = $1 AND m.conversation_id = $2 AND m.sender = 'agent'
+        """,
+        message_id,
+        conversation_id,
+    )

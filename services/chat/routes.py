@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+import asyncpg
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
@@ -40,9 +41,10 @@ from services.chat.service import (
     search_service,
 )
 from services.chat.settings import ChatSettings
-from services.chat.unit_of_work import Connection, Database, Idempotent, run_write
+from services.chat.unit_of_work import Connection, Database, Idempotent, WriteResult, run_write
 from shared.auth import AdminUser, CurrentUser
 from shared.envelope import ok
+from shared.tokens import Principal
 
 router = APIRouter(prefix="/chat")
 
@@ -333,7 +335,6 @@ async def generate_ai_response(
 ) -> Response:
     """Generate the agent's reply to `message` (stored first unless it is the latest message)."""
     settings: ChatSettings = request.app.state.settings
-    jobs: JobRunner = request.app.state.jobs
     created = await write.run(
         lambda c: ai_service.create_job(
             c,
@@ -341,15 +342,67 @@ async def generate_ai_response(
             conversation_id,
             body,
             deadline_seconds=settings.ai_job_deadline_seconds,
-            quota=AIQuota(
-                max_concurrent_jobs=settings.ai_max_concurrent_jobs,
-                daily_tokens=settings.ai_daily_token_limit,
-                daily_cost=settings.ai_daily_cost_limit,
-            ),
+            quota=_quota(settings),
         ),
         message="AI job queued",
         status_code=202,
     )
+    return await _enqueue_and_answer(created, user, db, request, prefer)
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    response_model=Envelope[AIReply],
+    responses={
+        202: {
+            "model": Envelope[JobPublic],
+            "description": "Accepted (with `Prefer: respond-async`)",
+        },
+        **error_responses(401, 404, 422, 429, 502, 504),
+    },
+)
+async def regenerate_reply(
+    conversation_id: ConversationId,
+    message_id: Annotated[int, Path(ge=1, lt=2**31)],
+    user: CurrentUser,
+    write: Idempotent,
+    db: Database,
+    request: Request,
+    prefer: Annotated[
+        str | None, Header(description="`respond-async`: answer 202 with the job at once")
+    ] = None,
+) -> Response:
+    """Generate an agent reply again; the earlier one stays in the history as `superseded`."""
+    settings: ChatSettings = request.app.state.settings
+    created = await write.run(
+        lambda c: ai_service.create_regeneration(
+            c,
+            user,
+            conversation_id,
+            message_id,
+            deadline_seconds=settings.ai_job_deadline_seconds,
+            quota=_quota(settings),
+        ),
+        message="AI job queued",
+        status_code=202,
+    )
+    return await _enqueue_and_answer(created, user, db, request, prefer)
+
+
+def _quota(settings: ChatSettings) -> AIQuota:
+    return AIQuota(
+        max_concurrent_jobs=settings.ai_max_concurrent_jobs,
+        daily_tokens=settings.ai_daily_token_limit,
+        daily_cost=settings.ai_daily_cost_limit,
+    )
+
+
+async def _enqueue_and_answer(
+    created: WriteResult, user: Principal, db: asyncpg.Pool, request: Request, prefer: str | None
+) -> Response:
+    """Sends a stored job to the workers and answers with its reply, or at once when asked to."""
+    settings: ChatSettings = request.app.state.settings
+    jobs: JobRunner = request.app.state.jobs
     job_id = int(created.data["job_id"])
     if not created.replayed:
         # After the commit, so the worker finds the row; a job whose publish is lost (a crash

@@ -294,6 +294,7 @@ class JobPublic(BaseModel):
     model: str
     prompt_message_id: int | None
     reply_message_id: int | None
+    regenerates_message_id: int | None
     attempts: int
     error_code: str | None
     error: str | None

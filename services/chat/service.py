@@ -365,17 +365,7 @@ class AIService:
         if conversation is None:
             raise _conversation_not_found(conversation_id)
         await self._check_quota(conn, user, quota)
-        agent_id = body.agent_id or conversation["agent_id"]
-        if agent_id is not None:
-            agent = await repo.get_agent(conn, agent_id=agent_id, include_inactive=False)
-            if agent is None:
-                raise _unknown_agent(agent_id)
-        else:
-            agent = await repo.default_agent(conn)
-            if agent is None:
-                raise ValidationFailed(
-                    "agent_id: the conversation has no agent and none is default"
-                )
+        agent = await self._agent(conn, body.agent_id or conversation["agent_id"])
         latest = await repo.latest_message(conn, conversation_id=conversation_id)
         if latest is not None and latest["sender"] == "user" and latest["content"] == body.message:
             prompt_message_id = latest["id"]
@@ -405,6 +395,57 @@ class AIService:
             deadline_seconds=deadline_seconds,
         )
         return {"job_id": job["id"], "job": dict(job)}
+
+    async def create_regeneration(
+        self,
+        conn: Conn,
+        user: Principal,
+        conversation_id: int,
+        message_id: int,
+        *,
+        deadline_seconds: int,
+        quota: AIQuota,
+    ) -> dict[str, Any]:
+        """A job that answers the same user message again; the earlier reply is kept (marked
+        `superseded` when the new one is stored)."""
+        conversation = await repo.lock_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
+        )
+        if conversation is None:
+            raise _conversation_not_found(conversation_id)
+        reply = await repo.reply_to_regenerate(
+            conn, conversation_id=conversation_id, message_id=message_id
+        )
+        if reply is None:
+            raise NotFound(f"No agent reply {message_id} in conversation {conversation_id}")
+        if reply["prompt_message_id"] is None:
+            raise ValidationFailed("This reply answers no user message; there is nothing to redo")
+        await self._check_quota(conn, user, quota)
+        agent = await self._agent(conn, reply["agent_id"] or conversation["agent_id"])
+        job = await repo.insert_job(
+            conn,
+            conversation_id=conversation_id,
+            user_id=user.user_id,
+            agent_id=agent["id"],
+            prompt_message_id=reply["prompt_message_id"],
+            model=agent["model"],
+            include_context=reply["include_context"],
+            deadline_seconds=deadline_seconds,
+            regenerates_message_id=message_id,
+        )
+        return {"job_id": job["id"], "job": dict(job)}
+
+    async def _agent(self, conn: Conn, agent_id: int | None) -> asyncpg.Record:
+        """The given agent (active), else the default one."""
+        if agent_id is not None:
+            agent = await repo.get_agent(conn, agent_id=agent_id, include_inactive=False)
+            if agent is None:
+                raise _unknown_agent(agent_id)
+            return agent
+        agent = await repo.default_agent(conn)
+        if agent is None:
+            raise ValidationFailed("agent_id: the conversation has no agent and none is default")
+        return agent
 
     async def _check_quota(self, conn: Conn, user: Principal, quota: AIQuota) -> None:
         """Limits checked before any model call: concurrent jobs, and tokens and cost per UTC

@@ -296,3 +296,43 @@ def test_bad_requests_are_422(http: httpx.Client, alice: User, body: dict[str, A
 
 def test_missing_conversation_is_404(http: httpx.Client, alice: User) -> None:
     assert_error(_ask(http, alice, 2_000_000_000, "hello"), 404, "not_found")
+
+
+def test_regenerating_a_reply_keeps_the_earlier_one(
+    http: httpx.Client, alice: User, stack: Stack
+) -> None:
+    conversation = create_conversation(http, alice)
+    text = f"answer twice {_marker()}"
+    first = ok_data(_ask(http, alice, conversation["id"], text))
+    second = ok_data(
+        http.post(
+            f"/chat/conversations/{conversation['id']}/messages/{first['message_id']}/regenerate",
+            headers=alice.headers,
+            timeout=AI_TIMEOUT,
+        )
+    )
+    assert second["message_id"] > first["message_id"]
+    assert second["ai_response"] == f"Echo: {text}"
+    history = list_messages(http, alice, conversation["id"], order="asc")["messages"]
+    assert [(m["sender"], m["status"]) for m in history] == [
+        ("user", "sent"),
+        ("agent", "superseded"),
+        ("agent", "sent"),
+    ]
+    # The model was asked the same question both times: the earlier reply is not in the prompt.
+    asked = [r["messages"] for r in _stub(stack).requests(contains=text)]
+    assert len(asked) == 2 and asked[0] == asked[1]
+    job = ok_data(http.get(f"/chat/jobs/{second['job_id']}", headers=alice.headers))
+    assert job["regenerates_message_id"] == first["message_id"]
+
+
+def test_only_agent_replies_of_ones_own_conversation_can_be_regenerated(
+    http: httpx.Client, alice: User, bob: User
+) -> None:
+    conversation = create_conversation(http, alice)
+    reply = ok_data(_ask(http, alice, conversation["id"], f"mine {_marker()}"))
+    user_message = list_messages(http, alice, conversation["id"], order="asc")["messages"][0]
+    base = f"/chat/conversations/{conversation['id']}/messages"
+    assert_error(http.post(f"{base}/{user_message['id']}/regenerate", headers=alice.headers), 404)
+    assert_error(http.post(f"{base}/{reply['message_id']}/regenerate", headers=bob.headers), 404)
+    assert list_messages(http, alice, conversation["id"])["total"] == 2

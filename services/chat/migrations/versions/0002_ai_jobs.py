@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("agent_id", sa.Integer, nullable=True),
         # The user message the reply answers.
         sa.Column("prompt_message_id", sa.Integer, nullable=True),
+        # For a regeneration: the earlier reply it replaces (kept, marked `superseded`).
+        sa.Column("regenerates_message_id", sa.Integer, nullable=True),
         sa.Column("reply_message_id", sa.Integer, nullable=True),
         sa.Column("status", sa.String(20), nullable=False, server_default="queued"),
         sa.Column("model", sa.String(255), nullable=False),
@@ -69,6 +71,12 @@ def upgrade() -> None:
             [f"{S}.messages.id"],
             ondelete="SET NULL",
             name="fk_ai_jobs_reply_message_id",
+        ),
+        sa.ForeignKeyConstraint(
+            ["regenerates_message_id"],
+            [f"{S}.messages.id"],
+            ondelete="SET NULL",
+            name="fk_ai_jobs_regenerates_message_id",
         ),
         sa.CheckConstraint(f"status IN ({STATUSES})", name="ck_ai_jobs_status_known"),
         schema=S,
