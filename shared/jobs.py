@@ -52,3 +52,12 @@ def job_done_channel(redis_prefix: str, job_id: int) -> str:
 
 def job_done_pattern(redis_prefix: str) -> str:
     return f"{redis_prefix}ai:job-done:*"
+
+
+def job_stream_key(redis_prefix: str, job_id: int) -> str:
+    """The Redis stream of a job's events (tokens as generated, then its end), kept for an hour
+    so a client can resume with Last-Event-ID from any chat process."""
+    return f"{redis_prefix}ai:job-stream:{job_id}"
+
+
+JOB_STREAM_TTL_SECONDS = 3600

@@ -16,6 +16,7 @@ def _orjson_dumps(event: Any, **_: Any) -> str:
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Route structlog and the standard library (uvicorn, asyncpg, celery) into one JSON stream."""
+
     def add_service(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         # A processor, not a context variable: threads (Celery's pool) see it too.
         event.setdefault("service", service)

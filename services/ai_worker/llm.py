@@ -11,10 +11,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import openai
 import structlog
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import Counter, Histogram
 
 from services.ai_worker.settings import WorkerSettings
@@ -49,6 +50,7 @@ class Completion:
     model: str
     latency_seconds: float
     attempts: int
+    time_to_first_token_seconds: float | None = None
 
 
 class LLMError(Exception):
@@ -89,18 +91,29 @@ class LLMClient:
         messages: Sequence[dict[str, str]],
         temperature: float,
         max_tokens: int,
+        on_piece: Callable[[str], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> Completion:
+        """Streams the reply (for time to first token, and for `on_piece` listeners); a retry
+        after some pieces were handed out calls `on_restart` first."""
         s = self._settings
         for attempt in range(1, s.llm_max_attempts + 1):
             started = time.perf_counter()
+            received = _Received()
             try:
-                response = self._client.chat.completions.create(
+                stream = self._client.chat.completions.create(
                     model=model,
-                    messages=list(messages),  # type: ignore[arg-type]
+                    messages=cast("list[ChatCompletionMessageParam]", list(messages)),
                     temperature=temperature,
                     max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
                 )
+                for chunk in stream:
+                    received.add(chunk, started, on_piece)
             except tuple(_RETRYABLE) as exc:
+                if received.pieces and on_restart is not None:
+                    on_restart()
                 kind = _kind_of(exc)
                 LLM_ERRORS.labels(kind).inc()
                 if attempt == s.llm_max_attempts:
@@ -122,7 +135,7 @@ class LLMClient:
                 ) from exc
             latency = time.perf_counter() - started
             LLM_LATENCY.labels(model).observe(latency)
-            return _completion(response, model, latency, attempt, messages)
+            return received.completion(model, latency, attempt, messages)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, exc: Exception) -> float:
@@ -151,22 +164,49 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
-def _completion(
-    response: Any, model: str, latency: float, attempts: int, messages: Sequence[dict[str, str]]
-) -> Completion:
-    choice = response.choices[0] if response.choices else None
-    text = (choice.message.content or "") if choice is not None else ""
-    usage = getattr(response, "usage", None)
-    if usage is not None and usage.prompt_tokens is not None:
-        input_tokens, output_tokens = int(usage.prompt_tokens), int(usage.completion_tokens or 0)
-    else:
-        input_tokens = sum(estimate_tokens(m["content"]) + 4 for m in messages)
-        output_tokens = estimate_tokens(text) if text else 0
-    return Completion(
-        text=text,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model=getattr(response, "model", None) or model,
-        latency_seconds=latency,
-        attempts=attempts,
-    )
+class _Received:
+    """What one streamed call produced so far."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.usage: Any = None
+        self.model: str | None = None
+        self.first_token_seconds: float | None = None
+
+    def add(self, chunk: Any, started: float, on_piece: Callable[[str], None] | None) -> None:
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+        self.model = getattr(chunk, "model", None) or self.model
+        for choice in chunk.choices or ():
+            text = choice.delta.content if choice.delta is not None else None
+            if not text:
+                continue
+            if self.first_token_seconds is None:
+                self.first_token_seconds = time.perf_counter() - started
+            self.pieces.append(text)
+            if on_piece is not None:
+                on_piece(text)
+
+    def completion(
+        self, model: str, latency: float, attempts: int, messages: Sequence[dict[str, str]]
+    ) -> Completion:
+        text = "".join(self.pieces)
+        usage = self.usage
+        if usage is not None and usage.prompt_tokens is not None:
+            input_tokens, output_tokens = (
+                int(usage.prompt_tokens),
+                int(usage.completion_tokens or 0),
+            )
+        else:
+            # Servers that send no usage in streams (llama.cpp's): our own estimate.
+            input_tokens = sum(estimate_tokens(m["content"]) + 4 for m in messages)
+            output_tokens = estimate_tokens(text) if text else 0
+        return Completion(
+            text=text,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=self.model or model,
+            latency_seconds=latency,
+            attempts=attempts,
+            time_to_first_token_seconds=self.first_token_seconds,
+        )

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, RowMapping
 from services.ai_worker import repository as repo
 from services.ai_worker.llm import Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
-from shared.jobs import job_done_channel
+from shared.jobs import JOB_STREAM_TTL_SECONDS, job_done_channel, job_stream_key
 
 log = structlog.get_logger(component="reply")
 
@@ -126,12 +126,15 @@ class ReplyService:
         if not messages:
             return self._fail(job["id"], "empty_prompt", "The conversation has no message")
         model = self.llm.resolve_model(job["model"] or agent["model"])
+        events = JobEvents(self.redis, self.settings.redis_prefix, job["id"])
         try:
             completion = self.llm.complete(
                 model=model,
                 messages=messages,
                 temperature=float(agent["temperature"]),
                 max_tokens=int(agent["max_tokens"]),
+                on_piece=events.token,
+                on_restart=events.reset,
             )
         except LLMError as exc:
             return self._fail(job["id"], exc.code, str(exc))
@@ -148,7 +151,7 @@ class ReplyService:
                 output_tokens=completion.output_tokens,
                 cost=cost,
                 processing_time=elapsed,
-                time_to_first_token=completion.latency_seconds,
+                time_to_first_token=completion.time_to_first_token_seconds,
             )
         if message_id is None:
             return self._finished(job["id"], "duplicate")
@@ -178,9 +181,42 @@ class ReplyService:
         return outcome
 
     def announce(self, job_id: int, outcome: str) -> None:
-        """Tells the requests waiting on the job that it reached a final state."""
+        """Tells the requests waiting on the job (and its event stream) that it is final."""
+        JobEvents(self.redis, self.settings.redis_prefix, job_id).end(outcome)
         try:
             self.redis.publish(job_done_channel(self.settings.redis_prefix, job_id), outcome)
         except redis.RedisError as exc:
             # Waiters fall back to reading the job's row; the outcome is already stored.
             log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)
+
+
+class JobEvents:
+    """Appends a job's events to its Redis stream, for clients following it as Server-Sent
+    Events. Best effort: the reply itself is stored in Postgres whatever happens here."""
+
+    def __init__(self, client: redis.Redis, prefix: str, job_id: int) -> None:
+        self._client = client
+        self._key = job_stream_key(prefix, job_id)
+        self._failed = False
+
+    def token(self, text: str) -> None:
+        self._add({"type": "token", "text": text})
+
+    def reset(self) -> None:
+        """The model call is retried: what was streamed so far is void."""
+        self._add({"type": "reset"})
+
+    def end(self, outcome: str) -> None:
+        self._add({"type": "end", "outcome": outcome})
+
+    def _add(self, fields: dict[str, str]) -> None:
+        if self._failed:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.xadd(self._key, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(self._key, JOB_STREAM_TTL_SECONDS)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed = True
+            log.warning("job_stream_unavailable", error=type(exc).__name__)

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from services.chat.settings import ChatSettings
-from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK, celery_app, job_done_pattern
+from shared.envelope import dumps, error_body
+from shared.jobs import (
+    AI_QUEUE,
+    GENERATE_REPLY_TASK,
+    celery_app,
+    job_done_pattern,
+    job_stream_key,
+)
 
 log = structlog.get_logger(component="ai_jobs")
 
@@ -106,3 +115,79 @@ class JobRunner:
         for future in self._waiters.get(job_id, ()):
             if not future.done():
                 future.set_result(outcome)
+
+
+SSE_IDLE_SECONDS = 2.0  # how often an idle stream re-checks its job (and sends a keep-alive)
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def parse_last_event_id(value: str | None) -> str:
+    """Where to resume a job's stream: after the given event, or from its start."""
+    if value and _STREAM_ID.match(value.strip()):
+        return value.strip()
+    return "0-0"
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    lines.append("data: " + dumps(data).decode())
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def job_event_stream(
+    redis_client: aioredis.Redis,
+    *,
+    redis_prefix: str,
+    job_id: int,
+    after: str,
+    is_final: Callable[[], Awaitable[bool]],
+    final_event: Callable[[], Awaitable[tuple[str, Any]]],
+    max_seconds: float,
+) -> AsyncIterator[bytes]:
+    """A job's events as Server-Sent Events: `token` pieces as the worker generates them (`reset`
+    when it starts over), then one `reply` (the seed's shape) or `error` event, and the end.
+
+    Events come from the job's Redis stream, so any chat process can serve them and a client
+    resumes where it left off (`Last-Event-ID`). If the stream is gone (expired, Redis
+    restarted) the final event still comes, from the job's row.
+    """
+    key = job_stream_key(redis_prefix, job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_seconds
+    cursor = after
+    while loop.time() < deadline:
+        batches: Any  # RESP2: [[key, [(entry_id, {field: value}), ...]]]
+        try:
+            batches = await redis_client.xread(
+                {key: cursor}, count=200, block=int(SSE_IDLE_SECONDS * 1000)
+            )
+        except RedisError as exc:
+            log.warning("job_stream_read_failed", job_id=job_id, error=type(exc).__name__)
+            batches = []
+        ended = False
+        for _, entries in batches:
+            for entry_id, fields in entries:
+                cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                kind = _text(fields.get(b"type"))
+                if kind == "token":
+                    yield sse("token", {"text": _text(fields.get(b"text"))}, cursor)
+                elif kind == "reset":
+                    yield sse("reset", {"reason": "the model call is retried"}, cursor)
+                elif kind == "end":
+                    ended = True
+        if ended or (not batches and await is_final()):
+            event, data = await final_event()
+            yield sse(event, data)
+            return
+        if not batches:
+            yield b": keep-alive\n\n"
+    yield sse("error", error_body("ai_timeout", f"Job {job_id} is still running"))
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

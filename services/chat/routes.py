@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Header, Path, Query, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from services.chat.ai_jobs import JobRunner
+from services.chat.ai_jobs import JobRunner, job_event_stream, parse_last_event_id, sse
 from services.chat.schemas import (
     AgentCreate,
     AgentList,
@@ -332,6 +333,9 @@ async def generate_ai_response(
     prefer: Annotated[
         str | None, Header(description="`respond-async`: answer 202 with the job at once")
     ] = None,
+    stream: Annotated[
+        bool, Query(description="Answer Server-Sent Events: tokens as generated, then the reply")
+    ] = False,
 ) -> Response:
     """Generate the agent's reply to `message` (stored first unless it is the latest message)."""
     settings: ChatSettings = request.app.state.settings
@@ -347,7 +351,7 @@ async def generate_ai_response(
         message="AI job queued",
         status_code=202,
     )
-    return await _enqueue_and_answer(created, user, db, request, prefer)
+    return await _enqueue_and_answer(created, user, db, request, prefer, stream)
 
 
 @router.post(
@@ -371,6 +375,9 @@ async def regenerate_reply(
     prefer: Annotated[
         str | None, Header(description="`respond-async`: answer 202 with the job at once")
     ] = None,
+    stream: Annotated[
+        bool, Query(description="Answer Server-Sent Events: tokens as generated, then the reply")
+    ] = False,
 ) -> Response:
     """Generate an agent reply again; the earlier one stays in the history as `superseded`."""
     settings: ChatSettings = request.app.state.settings
@@ -386,7 +393,7 @@ async def regenerate_reply(
         message="AI job queued",
         status_code=202,
     )
-    return await _enqueue_and_answer(created, user, db, request, prefer)
+    return await _enqueue_and_answer(created, user, db, request, prefer, stream)
 
 
 def _quota(settings: ChatSettings) -> AIQuota:
@@ -398,7 +405,12 @@ def _quota(settings: ChatSettings) -> AIQuota:
 
 
 async def _enqueue_and_answer(
-    created: WriteResult, user: Principal, db: asyncpg.Pool, request: Request, prefer: str | None
+    created: WriteResult,
+    user: Principal,
+    db: asyncpg.Pool,
+    request: Request,
+    prefer: str | None,
+    stream: bool,
 ) -> Response:
     """Sends a stored job to the workers and answers with its reply, or at once when asked to."""
     settings: ChatSettings = request.app.state.settings
@@ -408,6 +420,8 @@ async def _enqueue_and_answer(
         # After the commit, so the worker finds the row; a job whose publish is lost (a crash
         # right here) stays queued until the sweeper re-sends it.
         await jobs.enqueue(job_id)
+    if stream:
+        return _job_events(request, user, db, job_id, after="0-0", job=created.data["job"])
     if prefer is not None and "respond-async" in prefer.lower():
         return ok(
             created.data["job"],
@@ -429,6 +443,60 @@ async def _enqueue_and_answer(
             {"job_id": job_id},
         )
     return ok(await ai_service.reply(db, user, job_id), "AI response generated")
+
+
+def _job_events(
+    request: Request,
+    user: Principal,
+    db: asyncpg.Pool,
+    job_id: int,
+    *,
+    after: str,
+    job: dict[str, Any] | None = None,
+) -> StreamingResponse:
+    settings: ChatSettings = request.app.state.settings
+
+    async def events() -> AsyncIterator[bytes]:
+        if job is not None:
+            yield sse("job", job)
+        async for chunk in job_event_stream(
+            request.app.state.redis,
+            redis_prefix=settings.redis_prefix,
+            job_id=job_id,
+            after=after,
+            is_final=lambda: ai_service.is_final(db, user, job_id),
+            final_event=lambda: ai_service.final_event(db, user, job_id),
+            max_seconds=settings.ai_job_deadline_seconds,
+        ):
+            yield chunk
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **error_responses(401, 404),
+    },
+)
+async def follow_job(
+    job_id: JobId,
+    user: CurrentUser,
+    db: Database,
+    request: Request,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event (sent by EventSource itself)")
+    ] = None,
+) -> Response:
+    """Follow an AI job as Server-Sent Events (`token`, `reset`, then `reply` or `error`)."""
+    async with db.acquire() as conn:
+        await ai_service.get_job(conn, user, job_id)  # 404 unless it is the caller's
+    return _job_events(request, user, db, job_id, after=parse_last_event_id(last_event_id))
 
 
 @router.get(

@@ -30,6 +30,7 @@ from services.chat.schemas import (
     MessageCreate,
 )
 from shared.db.pool import Conn
+from shared.envelope import error_body
 from shared.errors import AppError, Forbidden, NotFound, RateLimited, ValidationFailed
 from shared.tokens import Principal
 
@@ -485,6 +486,13 @@ class AIService:
         async with db.acquire() as conn:
             row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)
         return row is not None and row["status"] in FINAL_JOB_STATUSES
+
+    async def final_event(self, db: asyncpg.Pool, user: Principal, job_id: int) -> tuple[str, Any]:
+        """The last Server-Sent Event of a finished job: its reply, or its error envelope."""
+        try:
+            return "reply", await self.reply(db, user, job_id)
+        except AIReplyFailed as exc:
+            return "error", error_body(exc.code, exc.message, exc.details)
 
     async def reply(self, db: asyncpg.Pool, user: Principal, job_id: int) -> dict[str, Any]:
         """The finished job's reply in the seed's shape, or the error the caller should see."""
