@@ -61,3 +61,8 @@ def job_stream_key(redis_prefix: str, job_id: int) -> str:
 
 
 JOB_STREAM_TTL_SECONDS = 3600
+
+
+def job_cancel_key(redis_prefix: str, job_id: int) -> str:
+    """Set when a running job's owner asked to cancel it; the worker polls it while streaming."""
+    return f"{redis_prefix}ai:job-cancel:{job_id}"

@@ -51,6 +51,12 @@ class Completion:
     latency_seconds: float
     attempts: int
     time_to_first_token_seconds: float | None = None
+    # Stopped at the owner's request: `text` is what was generated until then.
+    cancelled: bool = False
+
+
+class Cancelled(Exception):
+    """Raised by an `on_piece` listener to stop the generation (the job was cancelled)."""
 
 
 class LLMError(Exception):
@@ -109,8 +115,13 @@ class LLMClient:
                     stream=True,
                     stream_options={"include_usage": True},
                 )
-                for chunk in stream:
-                    received.add(chunk, started, on_piece)
+                try:
+                    for chunk in stream:
+                        received.add(chunk, started, on_piece)
+                except Cancelled:
+                    stream.close()  # aborts the upstream call: no more tokens are paid for
+                    latency = time.perf_counter() - started
+                    return received.completion(model, latency, attempt, messages, cancelled=True)
             except tuple(_RETRYABLE) as exc:
                 if received.pieces and on_restart is not None:
                     on_restart()
@@ -188,7 +199,13 @@ class _Received:
                 on_piece(text)
 
     def completion(
-        self, model: str, latency: float, attempts: int, messages: Sequence[dict[str, str]]
+        self,
+        model: str,
+        latency: float,
+        attempts: int,
+        messages: Sequence[dict[str, str]],
+        *,
+        cancelled: bool = False,
     ) -> Completion:
         text = "".join(self.pieces)
         usage = self.usage
@@ -209,4 +226,5 @@ class _Received:
             latency_seconds=latency,
             attempts=attempts,
             time_to_first_token_seconds=self.first_token_seconds,
+            cancelled=cancelled,
         )

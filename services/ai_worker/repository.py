@@ -82,6 +82,7 @@ def store_reply(
     cost: Decimal,
     processing_time: float,
     time_to_first_token: float | None,
+    status: str = "completed",
 ) -> int | None:
     """In the caller's transaction: the agent message, the conversation's counters, the job's
     outcome and the usage record. None when this job's reply was stored already (the unique
@@ -97,8 +98,9 @@ def store_reply(
         text(
             """
             INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
-                                       processing_time, ai_job_id, created_at, updated_at)
-            VALUES (:cid, :content, 'agent', :tokens, :ptime, :job, clock_timestamp(),
+                                       processing_time, ai_job_id, status, created_at,
+                                       updated_at)
+            VALUES (:cid, :content, 'agent', :tokens, :ptime, :job, :status, clock_timestamp(),
                     clock_timestamp())
             ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
             RETURNING id
@@ -110,6 +112,7 @@ def store_reply(
             "tokens": input_tokens + output_tokens,
             "ptime": processing_time,
             "job": job["id"],
+            "status": "sent" if status == "completed" else status,
         },
     ).scalar()
     if message_id is None:
@@ -140,7 +143,7 @@ def store_reply(
         text(
             """
             UPDATE chat.ai_jobs
-            SET status = 'completed', reply_message_id = :mid, model = :model,
+            SET status = :status, reply_message_id = :mid, model = :model,
                 input_tokens = :itok, output_tokens = :otok, cost = :cost,
                 processing_time = :ptime, time_to_first_token = :ttft, finished_at = now(),
                 error_code = NULL, error = NULL
@@ -149,6 +152,7 @@ def store_reply(
         ),
         {
             "id": job["id"],
+            "status": status,
             "mid": message_id,
             "model": model,
             "itok": input_tokens,

@@ -11,9 +11,14 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Engine, RowMapping
 
 from services.ai_worker import repository as repo
-from services.ai_worker.llm import Completion, LLMClient, LLMError, estimate_tokens
+from services.ai_worker.llm import Cancelled, Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
-from shared.jobs import JOB_STREAM_TTL_SECONDS, job_done_channel, job_stream_key
+from shared.jobs import (
+    JOB_STREAM_TTL_SECONDS,
+    job_cancel_key,
+    job_done_channel,
+    job_stream_key,
+)
 
 log = structlog.get_logger(component="reply")
 
@@ -127,13 +132,19 @@ class ReplyService:
             return self._fail(job["id"], "empty_prompt", "The conversation has no message")
         model = self.llm.resolve_model(job["model"] or agent["model"])
         events = JobEvents(self.redis, self.settings.redis_prefix, job["id"])
+        watch = CancelWatch(self.redis, self.settings.redis_prefix, job["id"])
+
+        def on_piece(text: str) -> None:
+            events.token(text)
+            watch.check()
+
         try:
             completion = self.llm.complete(
                 model=model,
                 messages=messages,
                 temperature=float(agent["temperature"]),
                 max_tokens=int(agent["max_tokens"]),
-                on_piece=events.token,
+                on_piece=on_piece,
                 on_restart=events.reset,
             )
         except LLMError as exc:
@@ -152,6 +163,7 @@ class ReplyService:
                 cost=cost,
                 processing_time=elapsed,
                 time_to_first_token=completion.time_to_first_token_seconds,
+                status="incomplete" if completion.cancelled else "completed",
             )
         if message_id is None:
             return self._finished(job["id"], "duplicate")
@@ -167,7 +179,7 @@ class ReplyService:
             seconds=round(elapsed, 3),
             attempts=completion.attempts,
         )
-        return self._finished(job["id"], "completed")
+        return self._finished(job["id"], "incomplete" if completion.cancelled else "completed")
 
     def _fail(self, job_id: int, code: str, error: str) -> str:
         with self.engine.begin() as conn:
@@ -220,3 +232,26 @@ class JobEvents:
         except redis.RedisError as exc:
             self._failed = True
             log.warning("job_stream_unavailable", error=type(exc).__name__)
+
+
+class CancelWatch:
+    """Looks at the job's cancel flag in Redis, at most every `INTERVAL` seconds of streaming."""
+
+    INTERVAL = 0.2
+
+    def __init__(self, client: redis.Redis, prefix: str, job_id: int) -> None:
+        self._client = client
+        self._key = job_cancel_key(prefix, job_id)
+        self._next = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.INTERVAL
+        try:
+            requested = self._client.exists(self._key)
+        except redis.RedisError:
+            return  # cannot tell: keep generating
+        if requested:
+            raise Cancelled

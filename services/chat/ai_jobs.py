@@ -23,7 +23,10 @@ from shared.envelope import dumps, error_body
 from shared.jobs import (
     AI_QUEUE,
     GENERATE_REPLY_TASK,
+    JOB_STREAM_TTL_SECONDS,
     celery_app,
+    job_cancel_key,
+    job_done_channel,
     job_done_pattern,
     job_stream_key,
 )
@@ -36,6 +39,7 @@ FALLBACK_POLL_SECONDS = 2.0
 class JobRunner:
     def __init__(self, settings: ChatSettings, redis_client: aioredis.Redis) -> None:
         self._redis = redis_client
+        self._prefix = settings.redis_prefix
         self._pattern = job_done_pattern(settings.redis_prefix)
         self._celery = celery_app(
             "chat",
@@ -60,6 +64,20 @@ class JobRunner:
         await asyncio.to_thread(
             self._celery.send_task, GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE
         )
+
+    async def request_cancel(self, job_id: int) -> None:
+        """Flags a running job; its worker stops within a fraction of a second of streaming."""
+        await self._redis.set(job_cancel_key(self._prefix, job_id), "1", ex=JOB_STREAM_TTL_SECONDS)
+
+    async def announce(self, job_id: int, outcome: str) -> None:
+        """What the worker does at a job's end, for a job that ended without it (cancelled
+        while queued): wake the waiters and end the job's event stream."""
+        with contextlib.suppress(RedisError):
+            await self._redis.xadd(
+                job_stream_key(self._prefix, job_id), {"type": "end", "outcome": outcome}
+            )
+            await self._redis.expire(job_stream_key(self._prefix, job_id), JOB_STREAM_TTL_SECONDS)
+            await self._redis.publish(job_done_channel(self._prefix, job_id), outcome)
 
     async def wait(
         self, job_id: int, *, within_seconds: float, is_final: Callable[[], Awaitable[bool]]

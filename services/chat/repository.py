@@ -549,3 +549,18 @@ async def reply_to_regenerate(
         message_id,
         conversation_id,
     )
+
+
+async def cancel_queued_job(conn: Conn, *, user_id: int, job_id: int) -> Record | None:
+    """Cancels the caller's job if no worker has started it (else None)."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE chat.ai_jobs
+        SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
+            error = 'Cancelled before generation started'
+        WHERE id = $1 AND user_id = $2 AND status = 'queued'
+        RETURNING {_JOB_COLUMNS}
+        """,
+        job_id,
+        user_id,
+    )

@@ -310,6 +310,8 @@ async def delete_agent(agent_id: AgentId, admin: AdminUser, conn: Connection) ->
 # --- AI replies ----------------------------------------------------------------------------------
 
 JobId = Annotated[int, Path(ge=1, lt=2**63)]
+# How long a cancel request waits for the worker to stop before answering 202.
+CANCEL_WAIT_SECONDS = 10.0
 
 
 @router.post(
@@ -475,6 +477,25 @@ def _job_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=Envelope[JobPublic],
+    responses={
+        202: {"model": Envelope[JobPublic], "description": "Cancellation requested, not done yet"},
+        **error_responses(401, 404, 409),
+    },
+)
+async def cancel_job(job_id: JobId, user: CurrentUser, db: Database, request: Request) -> Response:
+    """Cancel an AI job: a queued one at once; a running one stops generating and keeps its
+    partial reply as `incomplete` (tokens counted)."""
+    job, final = await ai_service.cancel(
+        db, request.app.state.jobs, user, job_id, wait=CANCEL_WAIT_SECONDS
+    )
+    if final:
+        return ok(job, f"Job {job['status']}")
+    return ok(job, "Cancellation requested", status_code=202)
 
 
 @router.get(

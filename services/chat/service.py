@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from services.chat import repository as repo
+from services.chat.ai_jobs import JobRunner
 from services.chat.pagination import (
     check_cursor_with_offset,
     decode_conversation_cursor,
@@ -31,7 +32,14 @@ from services.chat.schemas import (
 )
 from shared.db.pool import Conn
 from shared.envelope import error_body
-from shared.errors import AppError, Forbidden, NotFound, RateLimited, ValidationFailed
+from shared.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    ValidationFailed,
+)
 from shared.tokens import Principal
 
 
@@ -487,6 +495,26 @@ class AIService:
             row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)
         return row is not None and row["status"] in FINAL_JOB_STATUSES
 
+    async def cancel(
+        self, db: asyncpg.Pool, jobs: JobRunner, user: Principal, job_id: int, *, wait: float
+    ) -> tuple[dict[str, Any], bool]:
+        """Cancels a queued job at once, or asks the worker to stop a running one (its partial
+        reply is kept as `incomplete`); (the job as it is now, whether it is final)."""
+        async with db.acquire() as conn:
+            job = await self.get_job(conn, user, job_id)
+            if job["status"] in FINAL_JOB_STATUSES:
+                raise Conflict(f"Job {job_id} is already {job['status']}")
+            cancelled = await repo.cancel_queued_job(conn, user_id=user.user_id, job_id=job_id)
+        if cancelled is not None:
+            await jobs.announce(job_id, "cancelled")
+            return dict(cancelled), True
+        await jobs.request_cancel(job_id)
+        final = await jobs.wait(
+            job_id, within_seconds=wait, is_final=lambda: self.is_final(db, user, job_id)
+        )
+        async with db.acquire() as conn:
+            return await self.get_job(conn, user, job_id), final
+
     async def final_event(self, db: asyncpg.Pool, user: Principal, job_id: int) -> tuple[str, Any]:
         """The last Server-Sent Event of a finished job: its reply, or its error envelope."""
         try:
@@ -500,7 +528,14 @@ class AIService:
             row = await repo.get_job_reply(conn, user_id=user.user_id, job_id=job_id)
         if row is None:
             raise NotFound(f"Job {job_id} not found")
-        if row["status"] != "completed" or row["reply_message_id"] is None:
+        if row["status"] == "cancelled":
+            raise AIReplyFailed(
+                409,
+                "ai_cancelled",
+                "The AI reply was cancelled before it started",
+                {"job_id": job_id, "status": "cancelled"},
+            )
+        if row["status"] not in ("completed", "incomplete") or row["reply_message_id"] is None:
             raise AIReplyFailed(
                 _FAILURE_STATUS.get(row["error_code"] or "", 502),
                 row["error_code"] or f"ai_{row['status']}",
@@ -519,6 +554,8 @@ class AIService:
             "model": row["model"],
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
+            # "incomplete": cancelled while generating; the text is what was produced until then.
+            "status": row["status"],
         }
 
 
