@@ -52,8 +52,8 @@ async def test_more_concurrent_jobs_than_allowed_are_429(
     async def ask(conversation_id: int) -> httpx.Response:
         return await ahttp.post(
             f"/chat/conversations/{conversation_id}/ai-response",
-            # Each reply takes 3 s, so all of them are in flight together.
-            json={"message": f"slow one [[delay:3]] {secrets.token_hex(4)}"},
+            # Each reply takes 2 s (under the test LLM timeout of 3 s): all are in flight together.
+            json={"message": f"slow one [[delay:2]] {secrets.token_hex(4)}"},
             headers=alice.headers,
             timeout=AI_TIMEOUT,
         )
