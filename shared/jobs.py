@@ -39,6 +39,10 @@ def celery_app(
         broker_transport_options={
             "global_keyprefix": redis_prefix,
             "visibility_timeout": visibility_timeout_seconds,
+            # Tasks of a worker that died unacknowledged come back once the visibility timeout
+            # has passed, at the next sweep; kombu's default sweeps only every ~100 s.
+            "unacked_restore_interval": max(1, min(10, visibility_timeout_seconds // 4)),
+            "unacked_restore_throttle": 1,
         },
         **conf,
     )

@@ -23,7 +23,9 @@ app = celery_app(
     # Below the broker's visibility timeout (checked by the settings), so a task is never
     # redelivered while its first run is still going.
     task_time_limit=settings.task_time_limit_seconds,
-    task_soft_time_limit=settings.task_time_limit_seconds - 5,
+    # The soft limit first (a clean failure the task can record), then the hard one.
+    task_soft_time_limit=settings.task_time_limit_seconds
+    - max(1, min(5, settings.task_time_limit_seconds // 10)),
     # Our JSON logging stays in charge: Celery neither replaces the root logger's handlers nor
     # wraps stdout (which would re-log each JSON line inside another).
     worker_hijack_root_logger=False,

@@ -38,10 +38,10 @@ class WorkerSettings(ServiceSettings):
     # A task delivered this many times without finishing (worker killed mid-job each time)
     # is failed instead of tried again.
     max_deliveries: int = Field(default=3, ge=1)
-    task_time_limit_seconds: int = Field(default=300, ge=10)
+    task_time_limit_seconds: int = Field(default=240, ge=2)
     # The broker redelivers an unacknowledged task after this; it must exceed the time limit,
     # or a slow task would run twice at once.
-    visibility_timeout_seconds: int = Field(default=600, ge=20)
+    visibility_timeout_seconds: int = Field(default=300, ge=3)
 
     # The sweeper: how often it runs, and how long a job may sit queued and unstarted before it
     # is sent again (its first publish may have been lost with a crashed chat process).

@@ -20,10 +20,11 @@ class ChatSettings(ServiceSettings):
     # and stays readable at GET /chat/jobs/{id}. Shorter than the gateway's upstream timeout
     # (120 s), so the caller gets this 504, which names the job.
     ai_wait_timeout_seconds: float = Field(default=90.0, gt=0)
-    # A job not finished by then is failed by the sweeper (deadline_exceeded).
+    # A job not finished by then is failed by the sweeper (deadline_exceeded). Longer than the
+    # broker's visibility timeout plus a sweep, so a dead worker's jobs are redelivered first.
     ai_job_deadline_seconds: int = Field(default=600, ge=30)
     # Must match the AI worker's: both name the broker's redelivery delay.
-    ai_visibility_timeout_seconds: int = Field(default=600, ge=20)
+    ai_visibility_timeout_seconds: int = Field(default=300, ge=3)
     # Per-user AI quotas, checked before a job is created (429 with Retry-After past them).
     ai_max_concurrent_jobs: int = Field(default=4, ge=1)
     ai_daily_token_limit: int = Field(default=1_000_000, ge=1)
