@@ -7,6 +7,9 @@ Creates and seeds a fresh database, starts chat, analytics and gateway as produc
 the bare app, loads each path with wrk (rotating through every user), prints a table, writes
 `bench/results/<run>.json` and rewrites the section of `docs/benchmarks.md`. Everything it started
 (processes, database, throwaway servers) is stopped or dropped on exit, Ctrl-C included.
+
+    python -m bench ai [...]    the AI reply pipeline's own overhead (issue 3, target (a)):
+                                see bench/ai.py
 """
 
 from __future__ import annotations
@@ -519,6 +522,11 @@ def cleanup_redis(url: str, prefix: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ai"]:
+        from bench import ai
+
+        return ai.main(argv[1:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)

@@ -21,6 +21,7 @@ LOOP_NATIVE = "event loop, native code (uvloop: socket I/O, callbacks; C extensi
 _LIBRARIES = (
     ("services/gateway", "services.gateway"),
     ("services/chat", "services.chat"),
+    ("services/ai_worker", "services.ai_worker"),
     ("services/", "services (other)"),
     ("shared/", "shared"),
     ("bench/", "bench"),
@@ -41,6 +42,15 @@ _LIBRARIES = (
     ("uvloop/", "uvloop"),
     ("httptools/", "httptools"),
     ("orjson", "orjson"),
+    ("celery/", "celery"),
+    ("billiard/", "celery"),
+    ("kombu/", "kombu"),
+    ("sqlalchemy/", "sqlalchemy"),
+    ("psycopg/", "psycopg"),
+    ("openai/", "openai"),
+    ("httpx", "httpx"),
+    ("httpcore", "httpx"),
+    ("h11/", "httpx"),
     ("logging/", "logging (stdlib)"),
     ("asyncio/", "asyncio (stdlib)"),
 )
@@ -73,8 +83,10 @@ def ensure_py_spy() -> str:
 
 
 def start_recording(
-    py_spy: str, pid: int, output: Path, seconds: float, *, native: bool
+    py_spy: str, pid: int, output: Path, seconds: float, *, native: bool, gil: bool = False
 ) -> subprocess.Popen[bytes]:
+    """`gil`: only samples of the thread holding the GIL (Python work; for processes with
+    thread pools, whose idle threads py-spy may otherwise count as running)."""
     argv = [
         py_spy, "record",
         "--pid", str(pid),
@@ -85,6 +97,8 @@ def start_recording(
     ]  # fmt: skip
     if native:
         argv.append("--native")
+    if gil:
+        argv.append("--gil")
     return subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
