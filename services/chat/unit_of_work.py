@@ -51,7 +51,7 @@ async def database(request: Request) -> asyncpg.Pool:
 Database = Annotated[asyncpg.Pool, Depends(database)]
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -105,9 +105,11 @@ class WriteResult:
 @dataclass(frozen=True, slots=True)
 class IdempotentWriter:
     """Runs a POST's work once per `Idempotency-Key` (see the module doc); without a key it is a
-    plain transactional write."""
+    plain transactional write. It holds a pooled connection only while it runs: a request that
+    then waits (for an AI reply, say) must not keep one, or enough waiting requests would take
+    the whole pool and starve the very reads they wait on."""
 
-    conn: Conn
+    pool: asyncpg.Pool
     request: Request
     user: Principal
     key: str | None
@@ -118,7 +120,11 @@ class IdempotentWriter:
         return result.response()
 
     async def run(self, work: Work, *, message: str, status_code: int = 200) -> WriteResult:
-        conn, user, key = self.conn, self.user, self.key
+        async with self.pool.acquire() as conn:
+            return await self._run(conn, work, message=message, status_code=status_code)
+
+    async def _run(self, conn: Conn, work: Work, *, message: str, status_code: int) -> WriteResult:
+        user, key = self.user, self.key
         if key is None:
             async with conn.transaction():
                 data = await work(conn)
@@ -146,11 +152,11 @@ class IdempotentWriter:
         return WriteResult(data, status_code, body, False)
 
 
-def idempotent_writer(
-    request: Request, conn: Connection, user: CurrentUser, key: IdempotencyKey
+async def idempotent_writer(
+    request: Request, user: CurrentUser, key: IdempotencyKey
 ) -> IdempotentWriter:
     return IdempotentWriter(
-        conn=conn,
+        pool=request.app.state.pool,
         request=request,
         user=user,
         key=key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import httpx
 import psycopg
@@ -64,3 +65,25 @@ async def test_more_concurrent_jobs_than_allowed_are_429(
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["details"]["quota"] == "concurrent_jobs"
     assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_more_waiting_replies_than_pooled_connections_all_finish(
+    ahttp: httpx.AsyncClient, http: httpx.Client, new_user: Any, stack: Stack
+) -> None:
+    """A request waiting for its reply holds no database connection: more of them than the chat
+    service's pool (20 by default) must all be answered, not starve each other."""
+    limit = int(stack.env.get("CHAT_AI_MAX_CONCURRENT_JOBS", "4"))
+    users = [new_user() for _ in range(8)]
+    targets = [(u, create_conversation(http, u)["id"]) for u in users for _ in range(limit)]
+
+    async def ask(user: User, conversation_id: int) -> httpx.Response:
+        return await ahttp.post(
+            f"/chat/conversations/{conversation_id}/ai-response",
+            json={"message": f"wait with me [[delay:1]] {secrets.token_hex(4)}"},
+            headers=user.headers,
+            timeout=AI_TIMEOUT,
+        )
+
+    responses = await asyncio.gather(*(ask(u, c) for u, c in targets))
+    assert len(responses) == 32
+    assert [r.status_code for r in responses] == [200] * 32, [r.text[:200] for r in responses]
