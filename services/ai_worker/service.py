@@ -34,6 +34,12 @@ GENERATION = Histogram(
     "From the start of a job's generation to its stored outcome.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ai_llm_time_to_first_token_seconds",
+    "From sending a model call to its first streamed token, by model.",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 TOKENS = Counter(
     "ai_llm_tokens_total", "Tokens used, by model, agent and kind.", ["model", "agent", "kind"]
 )
@@ -168,6 +174,10 @@ class ReplyService:
         if message_id is None:
             return self._finished(job["id"], "duplicate")
         agent_label = str(agent["id"])
+        if completion.time_to_first_token_seconds is not None:
+            TIME_TO_FIRST_TOKEN.labels(completion.model).observe(
+                completion.time_to_first_token_seconds
+            )
         TOKENS.labels(completion.model, agent_label, "input").inc(completion.input_tokens)
         TOKENS.labels(completion.model, agent_label, "output").inc(completion.output_tokens)
         COST.labels(completion.model, agent_label).inc(float(cost))
