@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -35,6 +33,7 @@ import psycopg
 import redis
 
 from bench import load, pyspy, report
+from bench.cli import run_scenario
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import (
@@ -94,10 +93,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.users < 1 or args.per_user < 1 or args.duration < 1 or args.rounds < 1:
         parser.error("--users, --per-user, --duration and --rounds must be positive")
     return args
-
-
-def _raise_exit(signum: int, _: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 def service_env(
@@ -528,30 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return ai.main(argv[1:])
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            print(f"bench: stopped ({exc.code}); everything it started is stopped", file=sys.stderr)
-        raise
-    report.print_table(result)
-    path = RESULTS / f"{result['run_id']}.json"
-    report.write_json(result, path)
-    print(f"bench: results in {path}", file=sys.stderr)
-    if not args.no_doc:
-        report.update_doc(result)
-        print(f"bench: updated {report.DOC.relative_to(ROOT)}", file=sys.stderr)
-    if result["problems"]:
-        print(
-            "bench: the figures are not valid (errors during the load); see above", file=sys.stderr
-        )
-        return 2
-    return 0
+    return run_scenario(
+        lambda: run(args),
+        print_table=report.print_table,
+        update_doc=None if args.no_doc else report.update_doc,
+        doc=report.DOC,
+    )
 
 
 if __name__ == "__main__":

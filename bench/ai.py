@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import os
 import secrets
-import signal
 import statistics
 import sys
 import threading
@@ -43,7 +42,6 @@ import redis
 from bench import ai_report, load, pyspy, report
 from bench.__main__ import (
     CpuMeter,
-    _raise_exit,
     cleanup_redis,
     commit,
     dirty,
@@ -53,6 +51,7 @@ from bench.__main__ import (
 )
 from bench.celery_noop import TASK as NOOP_TASK
 from bench.celery_noop import make_app as make_noop_app
+from bench.cli import run_scenario
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import Child, Children, free_port, http_get, machine_cpu, wait_for_quiet
@@ -782,27 +781,9 @@ def profile_pipeline(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            print(f"bench: stopped ({exc.code}); everything it started is stopped", file=sys.stderr)
-        raise
-    ai_report.print_table(result)
-    path = RESULTS / f"{result['run_id']}.json"
-    report.write_json(result, path)
-    print(f"bench: results in {path}", file=sys.stderr)
-    if not args.no_doc:
-        ai_report.update_doc(result)
-        print(f"bench: updated {ai_report.DOC.relative_to(ROOT)}", file=sys.stderr)
-    if result["problems"]:
-        print(
-            "bench: the figures are not valid (errors during the load); see above", file=sys.stderr
-        )
-        return 2
-    return 0
+    return run_scenario(
+        lambda: run(args),
+        print_table=ai_report.print_table,
+        update_doc=None if args.no_doc else ai_report.update_doc,
+        doc=ai_report.DOC,
+    )

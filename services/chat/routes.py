@@ -310,6 +310,16 @@ async def delete_agent(agent_id: AgentId, admin: AdminUser, conn: Connection) ->
 # --- AI replies ----------------------------------------------------------------------------------
 
 JobId = Annotated[int, Path(ge=1, lt=2**63)]
+PreferAsync = Annotated[
+    str | None, Header(description="`respond-async`: answer 202 with the job at once")
+]
+StreamEvents = Annotated[
+    bool, Query(description="Answer Server-Sent Events: tokens as generated, then the reply")
+]
+AI_REPLY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Envelope[JobPublic], "description": "Accepted (with `Prefer: respond-async`)"},
+    **error_responses(401, 404, 422, 429, 502, 504),
+}
 # How long a cancel request waits for the worker to stop before answering 202.
 CANCEL_WAIT_SECONDS = 10.0
 
@@ -317,13 +327,7 @@ CANCEL_WAIT_SECONDS = 10.0
 @router.post(
     "/conversations/{conversation_id}/ai-response",
     response_model=Envelope[AIReply],
-    responses={
-        202: {
-            "model": Envelope[JobPublic],
-            "description": "Accepted (with `Prefer: respond-async`)",
-        },
-        **error_responses(401, 404, 422, 429, 502, 504),
-    },
+    responses=AI_REPLY_RESPONSES,
 )
 async def generate_ai_response(
     conversation_id: ConversationId,
@@ -332,12 +336,8 @@ async def generate_ai_response(
     write: Idempotent,
     db: Database,
     request: Request,
-    prefer: Annotated[
-        str | None, Header(description="`respond-async`: answer 202 with the job at once")
-    ] = None,
-    stream: Annotated[
-        bool, Query(description="Answer Server-Sent Events: tokens as generated, then the reply")
-    ] = False,
+    prefer: PreferAsync = None,
+    stream: StreamEvents = False,
 ) -> Response:
     """Generate the agent's reply to `message` (stored first unless it is the latest message)."""
     settings: ChatSettings = request.app.state.settings
@@ -359,13 +359,7 @@ async def generate_ai_response(
 @router.post(
     "/conversations/{conversation_id}/messages/{message_id}/regenerate",
     response_model=Envelope[AIReply],
-    responses={
-        202: {
-            "model": Envelope[JobPublic],
-            "description": "Accepted (with `Prefer: respond-async`)",
-        },
-        **error_responses(401, 404, 422, 429, 502, 504),
-    },
+    responses=AI_REPLY_RESPONSES,
 )
 async def regenerate_reply(
     conversation_id: ConversationId,
@@ -374,12 +368,8 @@ async def regenerate_reply(
     write: Idempotent,
     db: Database,
     request: Request,
-    prefer: Annotated[
-        str | None, Header(description="`respond-async`: answer 202 with the job at once")
-    ] = None,
-    stream: Annotated[
-        bool, Query(description="Answer Server-Sent Events: tokens as generated, then the reply")
-    ] = False,
+    prefer: PreferAsync = None,
+    stream: StreamEvents = False,
 ) -> Response:
     """Generate an agent reply again; the earlier one stays in the history as `superseded`."""
     settings: ChatSettings = request.app.state.settings

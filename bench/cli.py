@@ -1,0 +1,53 @@
+"""What every bench scenario does around its run: signals, interrupts, the report, the exit code."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import report
+from bench.dataset import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _raise_exit(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_scenario(
+    run: Callable[[], dict[str, Any]],
+    *,
+    print_table: Callable[[dict[str, Any]], None],
+    update_doc: Callable[[dict[str, Any]], None] | None,
+    doc: Path,
+) -> int:
+    """Runs one scenario, then prints and records its result; 2 when its figures are invalid."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            print(f"bench: stopped ({exc.code}); everything it started is stopped", file=sys.stderr)
+        raise
+    print_table(result)
+    path = RESULTS / f"{result['run_id']}.json"
+    report.write_json(result, path)
+    print(f"bench: results in {path}", file=sys.stderr)
+    if update_doc is not None:
+        update_doc(result)
+        print(f"bench: updated {doc.relative_to(ROOT)}", file=sys.stderr)
+    if result["problems"]:
+        print(
+            "bench: the figures are not valid (errors during the load); see above", file=sys.stderr
+        )
+        return 2
+    return 0
