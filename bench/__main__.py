@@ -15,7 +15,6 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import secrets
@@ -33,7 +32,7 @@ import psycopg
 import redis
 
 from bench import load, pyspy, report
-from bench.cli import run_scenario
+from bench.cli import run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import (
@@ -453,16 +452,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if meter is not None:
             meter.close()
         children.stop_all()
-        if servers is not None:
-            with contextlib.suppress(Exception):
-                cleanup_redis(servers.redis_url, redis_prefix)
-            if database is not None:
-                if args.keep:
-                    print(f"bench: kept database {database}", file=sys.stderr)
-                else:
-                    with contextlib.suppress(Exception):
-                        servers.drop_database(database)
-            servers.stop()
+        tear_down(servers, redis_prefixes=[redis_prefix], database=database, keep=args.keep)
 
 
 def profile_gateway(
@@ -504,16 +494,6 @@ def profile_gateway(
     finally:
         for recorder in recorders.values():
             pyspy.stop_recording(recorder)
-
-
-def cleanup_redis(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

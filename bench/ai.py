@@ -42,7 +42,6 @@ import redis
 from bench import ai_report, load, pyspy, report
 from bench.__main__ import (
     CpuMeter,
-    cleanup_redis,
     commit,
     dirty,
     gateway_rate_limited,
@@ -51,7 +50,7 @@ from bench.__main__ import (
 )
 from bench.celery_noop import TASK as NOOP_TASK
 from bench.celery_noop import make_app as make_noop_app
-from bench.cli import run_scenario
+from bench.cli import run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import Child, Children, free_port, http_get, machine_cpu, wait_for_quiet
@@ -721,17 +720,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if meter is not None:
             meter.close()
         children.stop_all()
-        if servers is not None:
-            with contextlib.suppress(Exception):
-                cleanup_redis(servers.redis_url, redis_prefix)
-                cleanup_redis(servers.redis_url, noop_prefix)
-            if database is not None:
-                if args.keep:
-                    print(f"bench: kept database {database}", file=sys.stderr)
-                else:
-                    with contextlib.suppress(Exception):
-                        servers.drop_database(database)
-            servers.stop()
+        tear_down(
+            servers, redis_prefixes=[redis_prefix, noop_prefix], database=database, keep=args.keep
+        )
 
 
 def profile_pipeline(

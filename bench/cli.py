@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import redis
 
 from bench import report
 from bench.dataset import ROOT
@@ -51,3 +54,31 @@ def run_scenario(
         )
         return 2
     return 0
+
+
+def cleanup_redis(url: str, prefix: str) -> None:
+    """Deletes every key the run wrote under `prefix`."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+def tear_down(servers: Any, *, redis_prefixes: list[str], database: str | None, keep: bool) -> None:
+    """Leaves the servers as the run found them: its Redis keys and database gone (unless
+    `keep`), and any server the run started stopped."""
+    if servers is None:
+        return
+    with contextlib.suppress(Exception):
+        for prefix in redis_prefixes:
+            cleanup_redis(servers.redis_url, prefix)
+    if database is not None:
+        if keep:
+            print(f"bench: kept database {database}", file=sys.stderr)
+        else:
+            with contextlib.suppress(Exception):
+                servers.drop_database(database)
+    servers.stop()
