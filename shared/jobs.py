@@ -12,6 +12,8 @@ from celery import Celery
 from kombu import Queue
 
 GENERATE_REPLY_TASK = "ai_worker.generate_reply"
+# Starts a batch regeneration's jobs (args: batch id); the worker keeps it topped up after.
+DISPATCH_BATCH_TASK = "ai_worker.dispatch_batch"
 AI_QUEUE = "ai"
 
 

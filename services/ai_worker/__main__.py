@@ -17,7 +17,7 @@ def main() -> None:
     configure_logging("ai_worker", settings.log_level)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
-    sweeper = JobSweeper(app, resources.replies)
+    sweeper = JobSweeper(app, resources.replies, resources.batches)
     sweeper.start()
     app.worker_main(
         [

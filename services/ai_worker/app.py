@@ -7,11 +7,12 @@ from functools import cached_property
 import redis
 from sqlalchemy import Engine, create_engine
 
+from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.llm import LLMClient
 from services.ai_worker.service import ReplyService
 from services.ai_worker.settings import WorkerSettings
 from shared.db.pool import sqlalchemy_url
-from shared.jobs import celery_app
+from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK, celery_app
 
 settings = WorkerSettings()
 
@@ -48,12 +49,20 @@ class Resources:
         )
 
     @cached_property
+    def batches(self) -> BatchDispatcher:
+        return BatchDispatcher(
+            self.engine,
+            lambda job_id: app.send_task(GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE),
+        )
+
+    @cached_property
     def replies(self) -> ReplyService:
         return ReplyService(
             settings,
             self.engine,
             LLMClient(settings),
             redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+            self.batches,
         )
 
 

@@ -20,7 +20,8 @@ def start_job(conn: Connection, job_id: int) -> RowMapping | None:
                     started_at = COALESCE(started_at, now())
                 WHERE id = :id AND status IN ('queued', 'running')
                 RETURNING id, conversation_id, user_id, agent_id, prompt_message_id,
-                          regenerates_message_id, model, include_context, attempts, created_at
+                          regenerates_message_id, model, include_context, attempts, created_at,
+                          batch_id
                 """
             ),
             {"id": job_id},
@@ -167,8 +168,8 @@ def store_reply(
             """
             INSERT INTO chat.ai_usage (job_id, user_id, agent_id, model, input_tokens,
                                        output_tokens, cost, latency_seconds,
-                                       time_to_first_token_seconds)
-            VALUES (:job, :uid, :aid, :model, :itok, :otok, :cost, :lat, :ttft)
+                                       time_to_first_token_seconds, batch_id)
+            VALUES (:job, :uid, :aid, :model, :itok, :otok, :cost, :lat, :ttft, :batch)
             ON CONFLICT (job_id) DO NOTHING
             """
         ),
@@ -182,6 +183,7 @@ def store_reply(
             "cost": cost,
             "lat": processing_time,
             "ttft": time_to_first_token,
+            "batch": job["batch_id"],
         },
     )
     return int(message_id)
@@ -210,7 +212,8 @@ def job_status(conn: Connection, job_id: int) -> Any:
 
 
 def expire_overdue_jobs(conn: Connection) -> list[int]:
-    """Fails unfinished jobs past their deadline (one sweeper takes each: SKIP LOCKED)."""
+    """Fails unfinished jobs past their deadline (one sweeper takes each: SKIP LOCKED); their
+    batches are topped up by the sweep that follows."""
     rows = conn.execute(
         text(
             """
@@ -247,4 +250,138 @@ def claim_unstarted_jobs(conn: Connection, *, older_than_seconds: int, limit: in
         ),
         {"age": older_than_seconds, "limit": limit},
     )
+    return [int(row[0]) for row in rows]
+
+
+# --- batch regeneration ---------------------------------------------------------------------------
+
+
+def lock_running_batch(conn: Connection, batch_id: int) -> RowMapping | None:
+    """The batch, locked until commit (one dispatcher at a time), if it is still running."""
+    return (
+        conn.execute(
+            text(
+                """
+                SELECT id, concurrency, max_tokens, max_cost, job_deadline_seconds
+                FROM chat.ai_batches WHERE id = :id AND status = 'running'
+                FOR UPDATE
+                """
+            ),
+            {"id": batch_id},
+        )
+        .mappings()
+        .first()
+    )
+
+
+def batch_load(conn: Connection, batch_id: int) -> RowMapping:
+    """Jobs in flight, what the finished ones used, and the estimate of those in flight."""
+    row = (
+        conn.execute(
+            text(
+                """
+                SELECT
+                    count(*) FILTER (WHERE j.status IN ('queued', 'running')) AS in_flight,
+                    COALESCE(sum(COALESCE(j.input_tokens, 0) + COALESCE(j.output_tokens, 0))
+                             FILTER (WHERE j.status NOT IN ('queued', 'running')), 0)
+                        AS spent_tokens,
+                    COALESCE(sum(COALESCE(j.cost, 0))
+                             FILTER (WHERE j.status NOT IN ('queued', 'running')), 0)
+                        AS spent_cost,
+                    COALESCE(sum(i.estimated_tokens)
+                             FILTER (WHERE j.status IN ('queued', 'running')), 0)
+                        AS reserved_tokens,
+                    COALESCE(sum(i.estimated_cost)
+                             FILTER (WHERE j.status IN ('queued', 'running')), 0)
+                        AS reserved_cost
+                FROM chat.ai_batch_items i JOIN chat.ai_jobs j ON j.id = i.job_id
+                WHERE i.batch_id = :id
+                """
+            ),
+            {"id": batch_id},
+        )
+        .mappings()
+        .one()
+    )
+    return row
+
+
+def pending_batch_items(conn: Connection, batch_id: int, limit: int) -> list[RowMapping]:
+    """The batch's next undispatched items, in reply order."""
+    return list(
+        conn.execute(
+            text(
+                """
+                SELECT message_id, estimated_tokens, estimated_cost
+                FROM chat.ai_batch_items
+                WHERE batch_id = :id AND job_id IS NULL
+                ORDER BY message_id
+                LIMIT :limit
+                """
+            ),
+            {"id": batch_id, "limit": limit},
+        ).mappings()
+    )
+
+
+def create_batch_jobs(
+    conn: Connection, *, batch_id: int, message_ids: list[int], deadline_seconds: int
+) -> list[int]:
+    """One queued job per item (with the agent's model as it is now), recorded on the item."""
+    rows = conn.execute(
+        text(
+            """
+            WITH picked AS (
+                SELECT i.* FROM chat.ai_batch_items i
+                WHERE i.batch_id = :batch AND i.message_id = ANY(:ids) AND i.job_id IS NULL
+            ), created AS (
+                INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id,
+                                          regenerates_message_id, model, include_context,
+                                          deadline_at, batch_id)
+                SELECT p.conversation_id, p.user_id, a.id, p.prompt_message_id, p.message_id,
+                       COALESCE(a.model, 'default'), p.include_context,
+                       now() + make_interval(secs => :deadline), :batch
+                FROM picked p LEFT JOIN chat.agents a ON a.id = p.agent_id
+                ORDER BY p.message_id
+                RETURNING id, regenerates_message_id
+            )
+            UPDATE chat.ai_batch_items i SET job_id = created.id
+            FROM created
+            WHERE i.batch_id = :batch AND i.message_id = created.regenerates_message_id
+            RETURNING created.id
+            """
+        ),
+        {"batch": batch_id, "ids": message_ids, "deadline": deadline_seconds},
+    )
+    return sorted(int(row[0]) for row in rows)
+
+
+def has_pending_batch_items(conn: Connection, batch_id: int) -> bool:
+    return bool(
+        conn.execute(
+            text(
+                """
+                SELECT EXISTS (SELECT 1 FROM chat.ai_batch_items
+                               WHERE batch_id = :id AND job_id IS NULL)
+                """
+            ),
+            {"id": batch_id},
+        ).scalar()
+    )
+
+
+def finish_batch(conn: Connection, *, batch_id: int, status: str) -> None:
+    conn.execute(
+        text(
+            """
+            UPDATE chat.ai_batches SET status = :status, finished_at = now(), updated_at = now()
+            WHERE id = :id AND status = 'running'
+            """
+        ),
+        {"id": batch_id, "status": status},
+    )
+
+
+def running_batches(conn: Connection) -> list[int]:
+    rows = conn.execute(text("SELECT id FROM chat.ai_batches WHERE status = 'running'"))
     return [int(row[0]) for row in rows]

@@ -9,8 +9,10 @@ import redis
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Engine, RowMapping
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.ai_worker import repository as repo
+from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.llm import Cancelled, Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
 from shared.jobs import (
@@ -88,12 +90,18 @@ def build_prompt(
 
 class ReplyService:
     def __init__(
-        self, settings: WorkerSettings, engine: Engine, llm: LLMClient, redis_client: redis.Redis
+        self,
+        settings: WorkerSettings,
+        engine: Engine,
+        llm: LLMClient,
+        redis_client: redis.Redis,
+        batches: BatchDispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.llm = llm
         self.redis = redis_client
+        self.batches = batches
 
     def generate(self, job_id: int) -> str:
         """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
@@ -105,7 +113,7 @@ class ReplyService:
         if job["attempts"] > self.settings.max_deliveries:
             # Delivered again and again without finishing: its worker keeps dying on it.
             return self._fail(
-                job_id, "too_many_deliveries", f"Gave up after {job['attempts'] - 1} deliveries"
+                job, "too_many_deliveries", f"Gave up after {job['attempts'] - 1} deliveries"
             )
         if job["attempts"] == 1:
             QUEUE_WAIT.observe(max(0.0, time.time() - job["created_at"].timestamp()))
@@ -127,7 +135,7 @@ class ReplyService:
                 limit=100,
             )
         if agent is None:
-            return self._fail(job["id"], "no_agent", "No agent is configured")
+            return self._fail(job, "no_agent", "No agent is configured")
         messages = build_prompt(
             agent,
             history,
@@ -135,7 +143,7 @@ class ReplyService:
             budget_tokens=self.settings.context_budget_tokens,
         )
         if not messages:
-            return self._fail(job["id"], "empty_prompt", "The conversation has no message")
+            return self._fail(job, "empty_prompt", "The conversation has no message")
         model = self.llm.resolve_model(job["model"] or agent["model"])
         events = JobEvents(self.redis, self.settings.redis_prefix, job["id"])
         watch = CancelWatch(self.redis, self.settings.redis_prefix, job["id"])
@@ -154,7 +162,7 @@ class ReplyService:
                 on_restart=events.reset,
             )
         except LLMError as exc:
-            return self._fail(job["id"], exc.code, str(exc))
+            return self._fail(job, exc.code, str(exc))
         cost = price(agent, completion)
         elapsed = time.perf_counter() - started
         with self.engine.begin() as conn:
@@ -172,7 +180,7 @@ class ReplyService:
                 status="incomplete" if completion.cancelled else "completed",
             )
         if message_id is None:
-            return self._finished(job["id"], "duplicate")
+            return self._finished(job, "duplicate")
         agent_label = str(agent["id"])
         if completion.time_to_first_token_seconds is not None:
             TIME_TO_FIRST_TOKEN.labels(completion.model).observe(
@@ -189,17 +197,25 @@ class ReplyService:
             seconds=round(elapsed, 3),
             attempts=completion.attempts,
         )
-        return self._finished(job["id"], "incomplete" if completion.cancelled else "completed")
+        return self._finished(job, "incomplete" if completion.cancelled else "completed")
 
-    def _fail(self, job_id: int, code: str, error: str) -> str:
+    def _fail(self, job: RowMapping, code: str, error: str) -> str:
         with self.engine.begin() as conn:
-            changed = repo.fail_job(conn, job_id=job_id, code=code, error=error)
-        log.warning("reply_failed", job_id=job_id, code=code, error=error[:300])
-        return self._finished(job_id, "failed" if changed else "duplicate")
+            changed = repo.fail_job(conn, job_id=job["id"], code=code, error=error)
+        log.warning("reply_failed", job_id=job["id"], code=code, error=error[:300])
+        return self._finished(job, "failed" if changed else "duplicate")
 
-    def _finished(self, job_id: int, outcome: str) -> str:
+    def _finished(self, job: RowMapping, outcome: str) -> str:
         JOBS.labels(outcome).inc()
-        self.announce(job_id, outcome)
+        self.announce(job["id"], outcome)
+        if job["batch_id"] is not None and self.batches is not None:
+            # Its slot is free: the batch's next job starts now, not at the next sweep.
+            try:
+                self.batches.top_up(int(job["batch_id"]))
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "batch_top_up_failed", batch_id=job["batch_id"], error=type(exc).__name__
+                )
         return outcome
 
     def announce(self, job_id: int, outcome: str) -> None:

@@ -3,8 +3,10 @@
 Every `AI_WORKER_SWEEP_INTERVAL_SECONDS` each worker process fails the jobs past their deadline
 (`deadline_exceeded`, announced to waiters like any outcome) and re-sends the jobs that sat
 queued without any worker starting them (a publish lost between the chat service's commit and
-its send). Several workers sweep at once safely: rows are taken with SKIP LOCKED, and a
-re-sent job that was already running is a duplicate delivery, which the task ignores.
+its send); then it tops up every running batch regeneration, which resumes a batch whose
+dispatch was interrupted by a crash anywhere. Several workers sweep at once safely: rows are
+taken with SKIP LOCKED, and a re-sent job that was already running is a duplicate delivery,
+which the task ignores.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prometheus_client import Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.ai_worker import repository as repo
+from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.service import ReplyService
 from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK
 
@@ -26,10 +29,11 @@ SWEPT = Counter("ai_jobs_swept_total", "Jobs the sweeper acted on, by action.", 
 
 
 class JobSweeper(threading.Thread):
-    def __init__(self, app: Celery, replies: ReplyService) -> None:
+    def __init__(self, app: Celery, replies: ReplyService, batches: BatchDispatcher) -> None:
         super().__init__(name="ai-job-sweeper", daemon=True)
         self._app = app
         self._replies = replies
+        self._batches = batches
         self._stop_requested = threading.Event()
 
     def stop(self) -> None:
@@ -57,5 +61,6 @@ class JobSweeper(threading.Thread):
         for job_id in resend:
             SWEPT.labels("requeued").inc()
             self._app.send_task(GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE)
-        if expired or resend:
-            log.info("swept", expired=len(expired), requeued=len(resend))
+        dispatched = self._batches.top_up_running()
+        if expired or resend or dispatched:
+            log.info("swept", expired=len(expired), requeued=len(resend), batch_jobs=dispatched)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from services.ai_worker.app import app, resources
-from shared.jobs import GENERATE_REPLY_TASK
+from shared.jobs import DISPATCH_BATCH_TASK, GENERATE_REPLY_TASK
 
 log = structlog.get_logger(component="tasks")
 
@@ -18,3 +18,13 @@ def generate_reply(job_id: int) -> str:
         return resources.replies.generate(job_id)
     finally:
         structlog.contextvars.unbind_contextvars("job_id")
+
+
+@app.task(name=DISPATCH_BATCH_TASK, acks_late=True, reject_on_worker_lost=True)
+def dispatch_batch(batch_id: int) -> int:
+    """Start a created or resumed batch's first jobs (safe to repeat: see BatchDispatcher)."""
+    structlog.contextvars.bind_contextvars(batch_id=batch_id)
+    try:
+        return len(resources.batches.top_up(batch_id))
+    finally:
+        structlog.contextvars.unbind_contextvars("batch_id")

@@ -22,6 +22,7 @@ from services.chat.settings import ChatSettings
 from shared.envelope import dumps, error_body
 from shared.jobs import (
     AI_QUEUE,
+    DISPATCH_BATCH_TASK,
     GENERATE_REPLY_TASK,
     JOB_STREAM_TTL_SECONDS,
     celery_app,
@@ -63,6 +64,12 @@ class JobRunner:
         """Sends the job's task to the broker (a blocking publish, so on a thread)."""
         await asyncio.to_thread(
             self._celery.send_task, GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE
+        )
+
+    async def dispatch_batch(self, batch_id: int) -> None:
+        """Asks the workers to start a created or resumed batch (its dispatcher runs there)."""
+        await asyncio.to_thread(
+            self._celery.send_task, DISPATCH_BATCH_TASK, args=[batch_id], queue=AI_QUEUE
         )
 
     async def request_cancel(self, job_id: int) -> None:

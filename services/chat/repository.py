@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.chat.pagination import ConversationCursor, MessageCursor
 from shared.db.pool import Conn
@@ -419,7 +420,7 @@ async def store_idempotent_response(
 _JOB_COLUMNS = """
     id, conversation_id, user_id, agent_id, status, model, prompt_message_id, reply_message_id,
     regenerates_message_id, attempts, error_code, error, input_tokens, output_tokens,
-    cost::float8 AS cost, processing_time, created_at, started_at, finished_at
+    cost::float8 AS cost, processing_time, created_at, started_at, finished_at, batch_id
 """
 
 
@@ -512,17 +513,19 @@ async def lock_user_ai_quota(conn: Conn, *, user_id: int) -> None:
 
 
 async def ai_usage_today(conn: Conn, *, user_id: int) -> Record:
-    """The user's unfinished jobs, and tokens and cost used since midnight UTC."""
+    """The user's unfinished jobs, and tokens and cost used since midnight UTC. Jobs of batch
+    regenerations are an administrator's, paid from the batch's budget: they do not count."""
     row = await conn.fetchrow(
         """
         SELECT
             (SELECT count(*) FROM chat.ai_jobs
-             WHERE user_id = $1 AND status IN ('queued', 'running')) AS active_jobs,
+             WHERE user_id = $1 AND status IN ('queued', 'running') AND batch_id IS NULL)
+                AS active_jobs,
             COALESCE(sum(input_tokens + output_tokens), 0) AS tokens,
             COALESCE(sum(cost), 0)::float8 AS cost
         FROM chat.ai_usage
-        WHERE user_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC')
-                                              AT TIME ZONE 'UTC'
+        WHERE user_id = $1 AND batch_id IS NULL
+          AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
         """,
         user_id,
     )
@@ -564,3 +567,232 @@ async def cancel_queued_job(conn: Conn, *, user_id: int, job_id: int) -> Record 
         job_id,
         user_id,
     )
+
+
+# --- batch regeneration (administrators) ---------------------------------------------------------
+
+# The agent replies a selection names ($1 agent, $2 conversation ids, $3/$4 time range): current
+# (not superseded) agent messages that answer a user message, with their agent (the one of the
+# job that wrote them, else the conversation's, else the default) and an estimate of what
+# generating them again costs: the earlier job's tokens, else about four characters a token,
+# at the agent's prices now.
+_SELECTED_REPLIES = """
+    SELECT m.id AS message_id, m.conversation_id, c.user_id, a.id AS agent_id,
+           p.id AS prompt_message_id, COALESCE(j.include_context, true) AS include_context,
+           e.est_in + e.est_out AS estimated_tokens,
+           round((e.est_in * COALESCE(a.input_price_per_1k, 0)
+                  + e.est_out * COALESCE(a.output_price_per_1k, 0)) / 1000, 6) AS estimated_cost
+    FROM chat.messages m
+    JOIN chat.conversations c ON c.id = m.conversation_id
+    LEFT JOIN chat.ai_jobs j ON j.id = m.ai_job_id
+    LEFT JOIN chat.agents a ON a.id = COALESCE(
+        j.agent_id, c.agent_id,
+        (SELECT d.id FROM chat.agents d WHERE d.is_default AND d.is_active LIMIT 1))
+    JOIN chat.messages p ON p.id = COALESCE(
+        j.prompt_message_id,
+        (SELECT max(q.id) FROM chat.messages q
+         WHERE q.conversation_id = m.conversation_id AND q.id < m.id AND q.sender = 'user'))
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(j.input_tokens, (length(p.content) + 3) / 4 + 4) AS est_in,
+               COALESCE(j.output_tokens, (length(m.content) + 3) / 4) AS est_out
+    ) e
+    WHERE m.sender = 'agent' AND m.status <> 'superseded'
+      AND ($1::integer IS NULL OR a.id = $1::integer)
+      AND ($2::integer[] IS NULL OR m.conversation_id = ANY($2::integer[]))
+      AND ($3::timestamptz IS NULL OR m.created_at >= $3::timestamptz)
+      AND ($4::timestamptz IS NULL OR m.created_at < $4::timestamptz)
+"""
+
+
+def _selection_args(selection: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        selection.get("agent_id"),
+        selection.get("conversation_ids"),
+        _timestamp(selection.get("created_after")),
+        _timestamp(selection.get("created_before")),
+    )
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+async def estimate_selection(conn: Conn, *, selection: dict[str, Any]) -> Record:
+    row = await conn.fetchrow(
+        f"""
+        WITH selected AS ({_SELECTED_REPLIES})
+        SELECT count(*) AS replies, count(DISTINCT conversation_id) AS conversations,
+               count(DISTINCT user_id) AS users,
+               COALESCE(sum(estimated_tokens), 0)::bigint AS estimated_tokens,
+               COALESCE(sum(estimated_cost), 0)::float8 AS estimated_cost
+        FROM selected
+        """,
+        *_selection_args(selection),
+    )
+    assert row is not None
+    return row
+
+
+async def insert_batch(
+    conn: Conn,
+    *,
+    key: str,
+    created_by: int,
+    selection: dict[str, Any],
+    concurrency: int,
+    max_tokens: int | None,
+    max_cost: Any,
+    job_deadline_seconds: int,
+) -> int | None:
+    """A new batch with its snapshot of selected replies; None when the key is taken."""
+    batch_id = await conn.fetchval(
+        """
+        INSERT INTO chat.ai_batches (key, created_by, selection, concurrency, max_tokens,
+                                     max_cost, job_deadline_seconds)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (key) DO NOTHING
+        RETURNING id
+        """,
+        key,
+        created_by,
+        orjson.dumps(selection).decode(),
+        concurrency,
+        max_tokens,
+        max_cost,
+        job_deadline_seconds,
+    )
+    if batch_id is None:
+        return None
+    await conn.execute(
+        f"""
+        INSERT INTO chat.ai_batch_items (batch_id, message_id, conversation_id, user_id,
+                                         agent_id, prompt_message_id, include_context,
+                                         estimated_tokens, estimated_cost)
+        SELECT $5, s.message_id, s.conversation_id, s.user_id, s.agent_id,
+               s.prompt_message_id, s.include_context, s.estimated_tokens, s.estimated_cost
+        FROM ({_SELECTED_REPLIES}) s
+        """,
+        *_selection_args(selection),
+        batch_id,
+    )
+    await conn.execute(
+        """
+        UPDATE chat.ai_batches b
+        SET estimated_tokens = s.tokens, estimated_cost = s.cost
+        FROM (SELECT COALESCE(sum(estimated_tokens), 0) AS tokens,
+                     COALESCE(sum(estimated_cost), 0) AS cost
+              FROM chat.ai_batch_items WHERE batch_id = $1) s
+        WHERE b.id = $1
+        """,
+        batch_id,
+    )
+    return int(batch_id)
+
+
+_BATCH_WITH_PROGRESS = """
+    SELECT b.id, b.key, b.status, b.selection, b.concurrency, b.max_tokens,
+           b.max_cost::float8 AS max_cost, b.estimated_tokens,
+           b.estimated_cost::float8 AS estimated_cost, b.created_by, b.created_at, b.updated_at,
+           b.finished_at, p.*, now() AS now
+    FROM chat.ai_batches b
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE i.job_id IS NULL) AS pending,
+               count(*) FILTER (WHERE j.status IN ('queued', 'running')) AS in_flight,
+               count(*) FILTER (WHERE j.status IN ('completed', 'incomplete')) AS done,
+               count(*) FILTER (WHERE j.status = 'failed') AS failed,
+               count(*) FILTER (WHERE j.status = 'cancelled') AS cancelled,
+               COALESCE(sum(COALESCE(j.input_tokens, 0) + COALESCE(j.output_tokens, 0)), 0)
+                   AS tokens_used,
+               COALESCE(sum(j.cost), 0)::float8 AS cost_used,
+               min(j.created_at) AS first_dispatched_at,
+               max(j.finished_at) AS last_finished_at
+        FROM chat.ai_batch_items i LEFT JOIN chat.ai_jobs j ON j.id = i.job_id
+        WHERE i.batch_id = b.id
+    ) p
+"""
+
+
+async def get_batch(conn: Conn, *, batch_id: int) -> Record | None:
+    return await conn.fetchrow(f"{_BATCH_WITH_PROGRESS} WHERE b.id = $1", batch_id)
+
+
+async def get_batch_by_key(conn: Conn, *, key: str) -> Record | None:
+    return await conn.fetchrow(f"{_BATCH_WITH_PROGRESS} WHERE b.key = $1", key)
+
+
+async def list_batches(conn: Conn, *, limit: int, offset: int) -> list[Record]:
+    return list(
+        await conn.fetch(
+            f"{_BATCH_WITH_PROGRESS} ORDER BY b.id DESC LIMIT $1 OFFSET $2", limit, offset
+        )
+    )
+
+
+async def count_batches(conn: Conn) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM chat.ai_batches"))
+
+
+async def stop_batch(conn: Conn, *, batch_id: int) -> list[int]:
+    """Cancels a running batch and its jobs no worker has started (running ones finish);
+    returns those cancelled jobs, or None's list when the batch was not running."""
+    stopped = await conn.fetchval(
+        """
+        UPDATE chat.ai_batches SET status = 'cancelled', finished_at = now(), updated_at = now()
+        WHERE id = $1 AND status = 'running'
+        RETURNING id
+        """,
+        batch_id,
+    )
+    if stopped is None:
+        return []
+    rows = await conn.fetch(
+        """
+        UPDATE chat.ai_jobs
+        SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
+            error = 'The batch was cancelled before this job started'
+        WHERE batch_id = $1 AND status = 'queued'
+        RETURNING id
+        """,
+        batch_id,
+    )
+    return [int(row["id"]) for row in rows]
+
+
+async def restart_batch(
+    conn: Conn,
+    *,
+    batch_id: int,
+    concurrency: int | None,
+    max_tokens: int | None,
+    max_cost: Any,
+    retry_failed: bool,
+) -> bool:
+    """Running again (with new limits where given); failed and cancelled items go back to
+    pending when asked. False when there is no such batch."""
+    updated = await conn.fetchval(
+        """
+        UPDATE chat.ai_batches
+        SET status = 'running', finished_at = NULL, updated_at = now(),
+            concurrency = COALESCE($2, concurrency), max_tokens = COALESCE($3, max_tokens),
+            max_cost = COALESCE($4, max_cost)
+        WHERE id = $1
+        RETURNING id
+        """,
+        batch_id,
+        concurrency,
+        max_tokens,
+        max_cost,
+    )
+    if updated is None:
+        return False
+    if retry_failed:
+        await conn.execute(
+            """
+            UPDATE chat.ai_batch_items i SET job_id = NULL
+            FROM chat.ai_jobs j
+            WHERE i.batch_id = $1 AND j.id = i.job_id AND j.status IN ('failed', 'cancelled')
+            """,
+            batch_id,
+        )
+    return True

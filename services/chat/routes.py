@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from services.chat.ai_jobs import JobRunner, job_event_stream, parse_last_event_id, sse
+from services.chat.regenerations import regeneration_service
 from services.chat.schemas import (
     AgentCreate,
     AgentList,
@@ -19,6 +20,8 @@ from services.chat.schemas import (
     AgentUpdate,
     AIReply,
     AIResponseRequest,
+    BatchList,
+    BatchPublic,
     ConversationCreate,
     ConversationList,
     ConversationRef,
@@ -29,6 +32,9 @@ from services.chat.schemas import (
     MessageCreate,
     MessageCreated,
     MessageList,
+    RegenerationCreate,
+    RegenerationEstimate,
+    RegenerationResume,
     SearchResults,
     error_responses,
 )
@@ -518,3 +524,106 @@ async def get_job(job_id: JobId, user: CurrentUser, db: Database) -> Response:
     async with db.acquire() as conn:
         data = await ai_service.get_job(conn, user, job_id)
     return ok(data, "Job found")
+
+
+# --- batch regeneration (administrators) ---------------------------------------------------------
+
+BatchId = Annotated[int, Path(ge=1, lt=2**63)]
+
+
+@router.post(
+    "/admin/regenerations",
+    response_model=Envelope[BatchPublic],
+    status_code=201,
+    responses={
+        200: {
+            "model": Envelope[RegenerationEstimate] | Envelope[BatchPublic],
+            "description": "The dry run's estimate, or the batch that already has this key",
+        },
+        **error_responses(401, 403, 409, 422),
+    },
+)
+async def create_regeneration(
+    body: RegenerationCreate, admin: AdminUser, conn: Connection, request: Request
+) -> Response:
+    """Re-generate the agent replies a selection names (agent, conversations, time range),
+    through the AI job queue with at most `concurrency` jobs at once and within the budget.
+    `dry_run` first: how many replies, and the estimated tokens and cost. The same `key` (by
+    default: the same selection) answers the existing batch instead of starting another."""
+    if body.dry_run:
+        return ok(await regeneration_service.estimate(conn, body), "Dry run: nothing started")
+    settings: ChatSettings = request.app.state.settings
+    async with conn.transaction():
+        batch, created = await regeneration_service.create(
+            conn, admin, body, job_deadline_seconds=settings.ai_job_deadline_seconds
+        )
+    if batch["status"] == "running":
+        # Also for an existing running batch: re-running the command nudges its dispatch.
+        await request.app.state.jobs.dispatch_batch(batch["id"])
+    if created:
+        return ok(
+            batch,
+            "Batch started",
+            status_code=201,
+            headers={"Location": f"/chat/admin/regenerations/{batch['id']}"},
+        )
+    return ok(batch, f"Batch {batch['id']} already exists with this key; nothing new started")
+
+
+@router.get(
+    "/admin/regenerations",
+    response_model=Envelope[BatchList],
+    responses=error_responses(401, 403, 422),
+)
+async def list_regenerations(
+    admin: AdminUser, conn: Connection, limit: Limit = 20, offset: Offset = 0
+) -> Response:
+    """Batch regenerations, newest first, with their progress."""
+    return ok(await regeneration_service.list_batches(conn, limit=limit, offset=offset), "Batches")
+
+
+@router.get(
+    "/admin/regenerations/{batch_id}",
+    response_model=Envelope[BatchPublic],
+    responses=error_responses(401, 403, 404),
+)
+async def get_regeneration(batch_id: BatchId, admin: AdminUser, conn: Connection) -> Response:
+    """A batch and its progress: done, failed, remaining, rate and ETA."""
+    return ok(await regeneration_service.get(conn, batch_id), "Batch found")
+
+
+@router.post(
+    "/admin/regenerations/{batch_id}/cancel",
+    response_model=Envelope[BatchPublic],
+    responses=error_responses(401, 403, 404, 409),
+)
+async def cancel_regeneration(
+    batch_id: BatchId, admin: AdminUser, conn: Connection, request: Request
+) -> Response:
+    """Stop a batch: nothing more starts, its queued jobs are cancelled, running ones finish."""
+    async with conn.transaction():
+        batch, cancelled_jobs = await regeneration_service.cancel(conn, batch_id)
+    jobs: JobRunner = request.app.state.jobs
+    for job_id in cancelled_jobs:
+        await jobs.announce(job_id, "cancelled")
+    return ok(batch, "Batch cancelled")
+
+
+@router.post(
+    "/admin/regenerations/{batch_id}/resume",
+    response_model=Envelope[BatchPublic],
+    responses=error_responses(401, 403, 404, 422),
+)
+async def resume_regeneration(
+    batch_id: BatchId,
+    admin: AdminUser,
+    conn: Connection,
+    request: Request,
+    body: RegenerationResume | None = None,
+) -> Response:
+    """Run a stopped batch again from where it stopped, optionally with a larger budget, another
+    concurrency, or its failed replies retried."""
+    async with conn.transaction():
+        batch = await regeneration_service.resume(conn, batch_id, body or RegenerationResume())
+    await request.app.state.jobs.dispatch_batch(batch_id)
+    return ok(batch, "Batch resumed")

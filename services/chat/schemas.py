@@ -4,7 +4,7 @@ seed's fields.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -305,3 +305,146 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    batch_id: int | None = Field(description="The batch regeneration that started it, if any")
+
+
+# --- batch regeneration (administrators) ---------------------------------------------------------
+
+BatchStatus = Literal["running", "completed", "cancelled", "budget_exhausted"]
+BatchKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")]
+MAX_BATCH_CONVERSATIONS = 10_000
+
+
+class RegenerationSelection(StrictBody):
+    """Which agent replies: all of the given filters apply; at least one is required, so a
+    batch never re-generates everything by accident. Superseded replies are never selected."""
+
+    agent_id: int | None = Field(default=None, gt=0, lt=2**31, description="Replies by this agent")
+    conversation_ids: list[Annotated[int, Field(gt=0, lt=2**31)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_BATCH_CONVERSATIONS
+    )
+    created_after: datetime | None = Field(
+        default=None, description="Replies created at or after this time (ISO 8601; UTC if naive)"
+    )
+    created_before: datetime | None = Field(
+        default=None, description="Replies created before this time"
+    )
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> RegenerationSelection:
+        if (
+            self.agent_id is None
+            and self.conversation_ids is None
+            and self.created_after is None
+            and self.created_before is None
+        ):
+            raise ValueError(
+                "give at least one of agent_id, conversation_ids, created_after, created_before"
+            )
+        if (
+            self.created_after is not None
+            and self.created_before is not None
+            and _utc(self.created_after) >= _utc(self.created_before)
+        ):
+            raise ValueError("created_after must be earlier than created_before")
+        return self
+
+    def canonical(self) -> dict[str, object]:
+        """The selection as stored and hashed: sorted ids, UTC times, no empty filters."""
+        out: dict[str, object] = {}
+        if self.agent_id is not None:
+            out["agent_id"] = self.agent_id
+        if self.conversation_ids is not None:
+            out["conversation_ids"] = sorted(set(self.conversation_ids))
+        if self.created_after is not None:
+            out["created_after"] = _utc(self.created_after).isoformat()
+        if self.created_before is not None:
+            out["created_before"] = _utc(self.created_before).isoformat()
+        return out
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class RegenerationCreate(RegenerationSelection):
+    concurrency: int = Field(
+        default=8, ge=1, le=256, description="At most this many of its jobs queued or running"
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, lt=2**62, description="Token budget (input + output) of the batch"
+    )
+    max_cost: Decimal | None = Field(
+        default=None, gt=0, max_digits=14, decimal_places=6, description="Cost budget"
+    )
+    key: BatchKey | None = Field(
+        default=None,
+        description="The batch's identity: the same key answers the existing batch instead of "
+        "starting another. Defaults to a hash of the selection.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Only count the replies and estimate tokens and cost"
+    )
+
+
+class RegenerationResume(StrictBody):
+    """New limits for a resumed batch (unchanged when not given)."""
+
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    max_tokens: int | None = Field(default=None, gt=0, lt=2**62)
+    max_cost: Decimal | None = Field(default=None, gt=0, max_digits=14, decimal_places=6)
+    retry_failed: bool = Field(
+        default=False, description="Also retry the replies whose job failed or was cancelled"
+    )
+
+
+class RegenerationEstimate(BaseModel):
+    dry_run: bool
+    key: str
+    selection: dict[str, object]
+    replies: int
+    conversations: int
+    users: int
+    estimated_tokens: int
+    estimated_cost: float
+    within_budget: bool = Field(description="Whether the estimate fits the budget given")
+
+
+class BatchProgress(BaseModel):
+    total: int
+    done: int = Field(description="Replies regenerated (completed or incomplete)")
+    failed: int
+    cancelled: int
+    in_flight: int
+    pending: int
+    remaining: int = Field(description="pending + in_flight")
+    percent: float
+    tokens_used: int
+    cost_used: float
+    elapsed_seconds: float
+    replies_per_second: float
+    eta_seconds: float | None = Field(description="At the rate so far; null until one finished")
+
+
+class BatchPublic(BaseModel):
+    id: int
+    key: str
+    status: BatchStatus
+    selection: dict[str, object]
+    concurrency: int
+    max_tokens: int | None
+    max_cost: float | None
+    estimated_tokens: int
+    estimated_cost: float
+    created_by: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    progress: BatchProgress
+
+
+class BatchList(BaseModel):
+    batches: list[BatchPublic]
+    total: int
+    limit: int
+    offset: int

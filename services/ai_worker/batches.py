@@ -1,0 +1,103 @@
+"""Batch regeneration's dispatcher: keeps a batch's jobs in flight up to its concurrency.
+
+A batch is a snapshot of agent replies (`chat.ai_batch_items`, written by the chat service).
+`top_up` turns the next items into ordinary AI jobs on the same queue as interactive replies,
+so the batch never has more than `concurrency` jobs queued or running, and never starts one
+that would take the batch past its token or cost budget (what finished jobs used plus the
+estimate of those in flight). It runs after each batch job finishes (in the worker thread that
+finished it), when the batch is created or resumed (the `dispatch_batch` task), and at every
+sweep, which is what resumes a batch after any crash: all its state is in Postgres.
+
+Concurrent top-ups of one batch serialise on its row lock; an item gets at most one job (its
+`job_id` is set in the same transaction, and a unique index on the job backs that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from sqlalchemy import Engine, RowMapping
+
+from services.ai_worker import repository as repo
+
+log = structlog.get_logger(component="batches")
+
+BATCH_JOBS = Counter("ai_batch_jobs_dispatched_total", "Jobs that batch regenerations started.")
+BATCHES_FINISHED = Counter(
+    "ai_batches_finished_total", "Batch regenerations that ended, by status.", ["status"]
+)
+
+
+def within_budget(
+    batch: RowMapping, committed_tokens: int, committed_cost: Decimal, item: RowMapping
+) -> bool:
+    """Whether one more item (at its estimate) keeps the batch within its budget."""
+    if batch["max_tokens"] is not None and committed_tokens + int(item["estimated_tokens"]) > int(
+        batch["max_tokens"]
+    ):
+        return False
+    return batch["max_cost"] is None or committed_cost + Decimal(item["estimated_cost"]) <= Decimal(
+        batch["max_cost"]
+    )
+
+
+class BatchDispatcher:
+    def __init__(self, engine: Engine, send: Callable[[int], Any]) -> None:
+        self._engine = engine
+        self._send = send
+
+    def top_up(self, batch_id: int) -> list[int]:
+        """Starts as many of the batch's jobs as its concurrency and budget allow (or marks it
+        finished); returns the jobs it sent."""
+        with self._engine.begin() as conn:
+            batch = repo.lock_running_batch(conn, batch_id)
+            if batch is None:
+                return []
+            load = repo.batch_load(conn, batch_id)
+            free = int(batch["concurrency"]) - int(load["in_flight"])
+            chosen: list[int] = []
+            blocked = False
+            if free > 0:
+                tokens = int(load["spent_tokens"]) + int(load["reserved_tokens"])
+                cost = Decimal(load["spent_cost"]) + Decimal(load["reserved_cost"])
+                for item in repo.pending_batch_items(conn, batch_id, free):
+                    if not within_budget(batch, tokens, cost, item):
+                        blocked = True
+                        break
+                    chosen.append(int(item["message_id"]))
+                    tokens += int(item["estimated_tokens"])
+                    cost += Decimal(item["estimated_cost"])
+            job_ids = (
+                repo.create_batch_jobs(
+                    conn,
+                    batch_id=batch_id,
+                    message_ids=chosen,
+                    deadline_seconds=int(batch["job_deadline_seconds"]),
+                )
+                if chosen
+                else []
+            )
+            if not job_ids and int(load["in_flight"]) == 0:
+                # Nothing runs and nothing more may start: the batch is over, done or stopped
+                # by its budget with items left (which a resume with a larger budget takes up).
+                status = "budget_exhausted" if blocked else "completed"
+                if blocked or not repo.has_pending_batch_items(conn, batch_id):
+                    repo.finish_batch(conn, batch_id=batch_id, status=status)
+                    BATCHES_FINISHED.labels(status).inc()
+                    log.info("batch_finished", batch_id=batch_id, status=status)
+        # After the commit, so workers find the rows; a send lost here leaves the job queued
+        # and unstarted, which the sweeper re-sends.
+        for job_id in job_ids:
+            self._send(job_id)
+        BATCH_JOBS.inc(len(job_ids))
+        return job_ids
+
+    def top_up_running(self) -> int:
+        """Every running batch (the sweep): returns how many jobs were started."""
+        with self._engine.connect() as conn:
+            batch_ids = repo.running_batches(conn)
+        return sum(len(self.top_up(batch_id)) for batch_id in batch_ids)
