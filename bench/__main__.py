@@ -42,6 +42,7 @@ from bench.procs import (
     free_port,
     http_get,
     machine_cpu,
+    machine_shares,
     wait_for_quiet,
 )
 
@@ -188,6 +189,20 @@ class CpuMeter:
         return used
 
 
+def open_meter(
+    procs: dict[str, Child], servers: Servers, database_url: str, database: str
+) -> tuple[CpuMeter, dict[str, Any]]:
+    """A CpuMeter over the run's processes, its database's backends and the Redis server; and
+    that server's INFO (its version and PID)."""
+    client = redis.Redis.from_url(servers.redis_url, socket_timeout=5)
+    try:
+        info: dict[str, Any] = client.info("server")
+    finally:
+        client.close()
+    pid = int(info.get("process_id", 0)) or None
+    return CpuMeter(procs, database_url, database, pid), info
+
+
 LoadRunner = Callable[[str, Sequence[load.Request], float], load.LoadResult]
 
 
@@ -310,12 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         tool, runner = make_runner(args, run_dir)
 
-        redis_client = redis.Redis.from_url(servers.redis_url, socket_timeout=5)
-        redis_info = redis_client.info("server")
-        redis_client.close()
-        meter = CpuMeter(
-            procs, database_url, database, int(redis_info.get("process_id", 0)) or None
-        )
+        meter, redis_info = open_meter(procs, servers, database_url, database)
 
         rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "gateway": []}
         for index in range(args.rounds):
@@ -345,7 +355,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     name: round(seconds * 1000 / max(1, result.requests), 3)
                     for name, seconds in sorted(used.items(), key=lambda kv: -kv[1])
                 }
-                window = max(1.0, busy_after[1] - busy_before[1])
                 entry["path_cpu_ms_per_request"] = round(
                     sum(
                         seconds * 1000 / max(1, result.requests)
@@ -354,11 +363,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ),
                     3,
                 )
-                entry["machine_busy"] = (busy_after[0] - busy_before[0]) / window
-                # CPU used by processes that are not part of this benchmark, as a share of the
-                # machine: high values mean the figures are skewed by other work.
-                ours = sum(used.values()) * os.sysconf("SC_CLK_TCK")
-                entry["other_load"] = max(0.0, (busy_after[0] - busy_before[0] - ours) / window)
+                entry["machine_busy"], entry["other_load"] = machine_shares(
+                    busy_before, busy_after, sum(used.values())
+                )
                 entry["quiet_before"] = round(busy, 3)
                 rounds[path].append(entry)
                 print(
@@ -463,37 +470,16 @@ def profile_gateway(
     procs: dict[str, Child],
     run_dir: Path,
 ) -> dict[str, Any]:
-    py_spy = pyspy.ensure_py_spy()
     seconds = float(args.duration)
-    print(f"bench: profiling gateway and chat with py-spy for {seconds:.0f}s", file=sys.stderr)
-    recorders = {
-        name: pyspy.start_recording(
-            py_spy,
-            procs[name].pid,
-            run_dir / f"profile-{name}.txt",
-            seconds,
-            native=args.profile_native,
-        )  # fmt: skip
-        for name in ("gateway", "chat")
-    }
-    try:
-        loaded = runner(gateway_url, requests, seconds + 2)
-        print(
-            f"bench:   under profiling: {loaded.rps:,.0f} req/s (not a measurement)",
-            file=sys.stderr,
-        )
-        summaries: dict[str, Any] = {}
-        for name, recorder in recorders.items():
-            errors = pyspy.wait_recording(recorder, seconds)
-            raw = run_dir / f"profile-{name}.txt"
-            if not raw.exists():
-                raise RuntimeError(f"py-spy wrote no profile for {name}: {errors.strip()}")
-            summaries[name] = pyspy.summarise(raw).as_dict()
-            summaries[name]["raw"] = str(raw)
-        return summaries
-    finally:
-        for recorder in recorders.values():
-            pyspy.stop_recording(recorder)
+    summaries, loaded = pyspy.profile_during(
+        {name: procs[name].pid for name in ("gateway", "chat")},
+        run_dir,
+        seconds,
+        lambda: runner(gateway_url, requests, seconds + 2),
+        native=args.profile_native,
+    )
+    print(f"bench:   under profiling: {loaded.rps:,.0f} req/s (not a measurement)", file=sys.stderr)
+    return summaries
 
 
 def main(argv: Sequence[str] | None = None) -> int:

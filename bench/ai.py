@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import secrets
 import statistics
 import sys
@@ -37,7 +36,6 @@ from typing import Any, TypeVar
 
 import orjson
 import psycopg
-import redis
 
 from bench import ai_report, load, pyspy, report
 from bench.__main__ import (
@@ -46,18 +44,18 @@ from bench.__main__ import (
     dirty,
     gateway_rate_limited,
     mint_tokens,
-    service_env,
+    open_meter,
 )
 from bench.celery_noop import TASK as NOOP_TASK
 from bench.celery_noop import make_app as make_noop_app
 from bench.cli import run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
-from bench.procs import Child, Children, free_port, http_get, machine_cpu, wait_for_quiet
+from bench.procs import Child, Children, http_get, machine_cpu, machine_shares, wait_for_quiet
+from bench.stack import READY_SECONDS, start_ai_stack
 
 RESULTS = ROOT / "bench" / "results"
 TARGET_FACTOR = 3.0
-READY_SECONDS = 90.0
 REQUEST_TIMEOUT = 30.0
 NOOP_CONCURRENCY = 8
 QUESTION = "What should I pack for three days of hiking in the Alps in late September?"
@@ -348,10 +346,9 @@ def measure(
     entry["path_cpu_ms_per_request"] = round(
         sum(s for n, s in used.items() if n in _PHASE_PROCESSES[phase]) * 1000 / per_request, 3
     )
-    window = max(1.0, busy_after[1] - busy_before[1])
-    entry["machine_busy"] = (busy_after[0] - busy_before[0]) / window
-    ours = sum(used.values()) * os.sysconf("SC_CLK_TCK")
-    entry["other_load"] = max(0.0, (busy_after[0] - busy_before[0] - ours) / window)
+    entry["machine_busy"], entry["other_load"] = machine_shares(
+        busy_before, busy_after, sum(used.values())
+    )
     entry["quiet_before"] = round(busy, 3)
     print(
         f"bench:   {result.rps:,.1f} req/s, p50 {result.p50_ms:.2f} ms, p99 "
@@ -514,38 +511,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
 
-        secret = secrets.token_urlsafe(48)
-        env = service_env(servers, database_url, redis_prefix, secret)
-        env = {k: v for k, v in env.items() if not k.startswith(("AI_WORKER_", "LLM_"))}
-        ports = {name: free_port() for name in ("chat", "analytics", "gateway", "stub", "metrics")}
-        env["GATEWAY_CHAT_URL"] = f"http://127.0.0.1:{ports['chat']}"
-        env["GATEWAY_ANALYTICS_URL"] = f"http://127.0.0.1:{ports['analytics']}"
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        procs: dict[str, Child] = {}
-        procs["stub"] = children.start(
-            "stub",
-            [sys.executable, "-m", "tests.support.llm_stub", "--port", str(ports["stub"]),
-             "--max-records", str(100_000)],
-            log_path=run_dir / "stub.log", env=env, cwd=ROOT,
-        )  # fmt: skip
-        procs["stub"].wait_http_ok(urls["stub"] + "/health", READY_SECONDS)
-        for name in ("chat", "analytics", "gateway"):
-            procs[name] = children.start(
-                name,
-                [sys.executable, "-m", f"services.{name}", "--port", str(ports[name])],
-                log_path=run_dir / f"{name}.log", env=env, cwd=ROOT,
-            )  # fmt: skip
-        worker_env = {
-            **env,
-            "LLM_BASE_URL": f"{urls['stub']}/v1",
-            "AI_WORKER_METRICS_PORT": str(ports["metrics"]),
-        }
-        procs["ai_worker"] = children.start(
-            "ai_worker", [sys.executable, "-m", "services.ai_worker"],
-            log_path=run_dir / "ai_worker.log", env=worker_env, cwd=ROOT,
-        )  # fmt: skip
+        stack = start_ai_stack(children, servers, database_url, redis_prefix, run_dir)
+        procs, urls, secret = dict(stack.procs), stack.urls, stack.secret
         noop_env = {
-            **env,
+            **stack.env,
             "BENCH_CELERY_REDIS_URL": servers.redis_url,
             "BENCH_CELERY_PREFIX": noop_prefix,
         }
@@ -556,9 +525,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             log_path=run_dir / "celery_noop.log", env=noop_env, cwd=ROOT,
         )  # fmt: skip
-        for name in ("chat", "analytics", "gateway"):
-            procs[name].wait_http_ok(urls[name] + "/readyz", READY_SECONDS)
-        procs["ai_worker"].wait_http_ok(urls["metrics"] + "/metrics", READY_SECONDS)
 
         tokens = mint_tokens(secret, user_ids)
         check_slot = posts(conversations, tokens, slots - 1, "check")
@@ -569,12 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if noop_task.delay(-1).get(timeout=READY_SECONDS) != -1:
             raise RuntimeError("the no-op Celery task answered something else")
 
-        redis_client = redis.Redis.from_url(servers.redis_url, socket_timeout=5)
-        redis_info = redis_client.info("server")
-        redis_client.close()
-        meter = CpuMeter(
-            procs, database_url, database, int(redis_info.get("process_id", 0)) or None
-        )
+        meter, redis_info = open_meter(procs, servers, database_url, database)
 
         if args.warmup:  # the idle figures are taken with every process warmed up
             celery_round_trips(noop_task, args.warmup)
@@ -734,40 +695,23 @@ def profile_pipeline(
     cpu_ms: dict[str, float],
 ) -> dict[str, Any]:
     """py-spy (on-CPU samples) of gateway, chat and ai_worker under sequential load."""
-    py_spy = pyspy.ensure_py_spy()
     seconds = args.profile_seconds
-    names = ("gateway", "chat", "ai_worker", "stub")
-    print(f"bench: profiling {', '.join(names)} with py-spy for {seconds:.0f}s", file=sys.stderr)
-    recorders = {
-        name: pyspy.start_recording(
-            py_spy,
-            procs[name].pid,
-            run_dir / f"profile-{name}.txt",
-            seconds,
-            native=args.profile_native,
-            gil=True,
-        )  # fmt: skip
-        for name in names
-    }
-    try:
-        loaded, _ = post_load(gateway_url, requests, concurrency=1, seconds=seconds + 2)
-        print(
-            f"bench:   under profiling: p50 {loaded.p50_ms:.2f} ms (not a measurement)",
-            file=sys.stderr,
-        )
-        summaries: dict[str, Any] = {}
-        for name, recorder in recorders.items():
-            errors = pyspy.wait_recording(recorder, seconds)
-            raw = run_dir / f"profile-{name}.txt"
-            if not raw.exists():
-                raise RuntimeError(f"py-spy wrote no profile for {name}: {errors.strip()}")
-            summaries[name] = pyspy.summarise(raw, top=25).as_dict()
-            summaries[name]["raw"] = str(raw)
-            summaries[name]["cpu_ms_per_request"] = cpu_ms.get(name, 0.0)
-        return summaries
-    finally:
-        for recorder in recorders.values():
-            pyspy.stop_recording(recorder)
+    summaries, loaded = pyspy.profile_during(
+        {name: procs[name].pid for name in ("gateway", "chat", "ai_worker", "stub")},
+        run_dir,
+        seconds,
+        lambda: post_load(gateway_url, requests, concurrency=1, seconds=seconds + 2)[0],
+        native=args.profile_native,
+        gil=True,
+        top=25,
+    )
+    print(
+        f"bench:   under profiling: p50 {loaded.p50_ms:.2f} ms (not a measurement)",
+        file=sys.stderr,
+    )
+    for name, summary in summaries.items():
+        summary["cpu_ms_per_request"] = cpu_ms.get(name, 0.0)
+    return summaries
 
 
 def main(argv: Sequence[str] | None = None) -> int:

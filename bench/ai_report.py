@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from bench.report import _DOC_INTRO, DOC
+from bench.report import DOC, rewrite_section
 
 SECTION = "AI reply pipeline overhead (issue 3, target (a))"
 # A hand-written analysis below the figures, kept when a run rewrites them.
@@ -237,18 +236,6 @@ def section(result: dict[str, Any]) -> str:
 
 
 def update_doc(result: dict[str, Any], path: Path = DOC) -> None:
-    """Replaces this benchmark's section (up to the next `## ` heading, or up to its own
-    hand-written `### Findings` subsection, which is kept), or appends it; the other sections
-    are left as they are."""
-    text = path.read_text() if path.exists() else _DOC_INTRO
-    new = section(result)
-    pattern = re.compile(
-        rf"^## {re.escape(SECTION)}\n.*?(?=^{re.escape(FINDINGS)}|^## |\Z)",
-        re.MULTILINE | re.DOTALL,
-    )
-    if pattern.search(text):
-        text = pattern.sub(lambda _: new + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + new
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    """Replaces this benchmark's section, keeping its hand-written `### Findings` subsection, or
+    appends it; the other sections are left as they are."""
+    rewrite_section(SECTION, section(result), path, keep=FINDINGS)

@@ -172,6 +172,17 @@ def machine_cpu() -> tuple[float, float]:
     return total - idle, total
 
 
+def machine_shares(
+    before: tuple[float, float], after: tuple[float, float], ours_seconds: float
+) -> tuple[float, float]:
+    """Between two `machine_cpu()` readings: the share of all CPUs that was busy, and the share
+    used by processes other than ours (`ours_seconds`: the CPU seconds our processes used);
+    much of the latter means the figures are skewed by other work."""
+    window = max(1.0, after[1] - before[1])
+    ours = ours_seconds * os.sysconf("SC_CLK_TCK")
+    return (after[0] - before[0]) / window, max(0.0, (after[0] - before[0] - ours) / window)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -9,8 +9,12 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Without --idle py-spy samples only a running thread. A leaf in the loop's entry point then means
 # time inside uvloop's C code (socket reads and writes, the loop's own callbacks and, for the
@@ -213,3 +217,41 @@ def summarise(raw_path: Path, top: int = 20) -> ProfileSummary:
         top_inclusive=shares(inclusive),
         by_library=shares(libraries),
     )
+
+
+def profile_during(
+    pids: Mapping[str, int],
+    run_dir: Path,
+    seconds: float,
+    load: Callable[[], T],
+    *,
+    native: bool,
+    gil: bool = False,
+    top: int = 20,
+) -> tuple[dict[str, dict[str, Any]], T]:
+    """Records `seconds` of py-spy samples of each process (`run_dir/profile-<name>.txt`) while
+    `load()` runs; returns each one's summary (with the raw file's path) and what `load` returned.
+    The recorders are stopped however this ends."""
+    py_spy = ensure_py_spy()
+    names = ", ".join(pids)
+    print(f"bench: profiling {names} with py-spy for {seconds:.0f}s", file=sys.stderr)
+    recorders = {
+        name: start_recording(
+            py_spy, pid, run_dir / f"profile-{name}.txt", seconds, native=native, gil=gil
+        )
+        for name, pid in pids.items()
+    }
+    try:
+        loaded = load()
+        summaries: dict[str, dict[str, Any]] = {}
+        for name, recorder in recorders.items():
+            errors = wait_recording(recorder, seconds)
+            raw = run_dir / f"profile-{name}.txt"
+            if not raw.exists():
+                raise RuntimeError(f"py-spy wrote no profile for {name}: {errors.strip()}")
+            summaries[name] = summarise(raw, top=top).as_dict()
+            summaries[name]["raw"] = str(raw)
+        return summaries, loaded
+    finally:
+        for recorder in recorders.values():
+            stop_recording(recorder)

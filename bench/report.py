@@ -253,14 +253,21 @@ def _section(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(result: dict[str, Any], path: Path = DOC) -> None:
-    """Replaces this benchmark's section (up to the next `## ` heading), or appends it."""
+def rewrite_section(title: str, new: str, path: Path = DOC, *, keep: str | None = None) -> None:
+    """Replaces the section `## title` of the document (up to the next `## ` heading, or up to
+    its own hand-written subsection headed `keep`, which is kept), or appends it; the other
+    sections are left as they are."""
     text = path.read_text() if path.exists() else _DOC_INTRO
-    section = _section(result)
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    stop = rf"^{re.escape(keep)}|^## |\Z" if keep else r"^## |\Z"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?={stop})", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
+        text = pattern.sub(lambda _: new + "\n", text, count=1)
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text.rstrip("\n") + "\n\n" + new
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def update_doc(result: dict[str, Any], path: Path = DOC) -> None:
+    """Replaces this benchmark's section (up to the next `## ` heading), or appends it."""
+    rewrite_section(SECTION, _section(result), path)

@@ -113,3 +113,21 @@ def search(http: httpx.Client, user: User, query: str, **params: Any) -> dict[st
     return ok_data(
         http.get("/chat/search", params={"query": query, **params}, headers=user.headers)
     )
+
+
+def make_replies(
+    http: httpx.Client, user: User, agent_id: int, count: int, *, suffix: str = ""
+) -> list[dict[str, Any]]:
+    """`count` agent replies (one conversation each) generated through the real pipeline."""
+    replies = []
+    for i in range(count):
+        conversation = create_conversation(http, user, agent_id=agent_id)
+        reply = ok_data(
+            http.post(
+                f"/chat/conversations/{conversation['id']}/ai-response",
+                json={"message": f"question {i} {secrets.token_hex(3)} {suffix}".strip()},
+                headers=user.headers,
+            )
+        )
+        replies.append({**reply, "conversation_id": conversation["id"]})
+    return replies

@@ -1,12 +1,14 @@
-"""Assertion helpers shared by the chat tests: envelopes, timestamps, page walking."""
+"""Assertion helpers shared by the chat tests: envelopes, timestamps, page walking, batches."""
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 
 from tests.harness import User
 
@@ -99,3 +101,29 @@ def walk_message_pages(
             return pages
         cursor = data["next_cursor"]
     raise AssertionError("pagination never ended")
+
+
+BATCHES = "/chat/admin/regenerations"
+BATCH_DEADLINE = 60.0
+
+
+def wait_batch(http: httpx.Client, admin: User, batch_id: int, *statuses: str) -> dict[str, Any]:
+    """Polls the batch until its status is one of `statuses`, within the deadline."""
+    deadline = time.monotonic() + BATCH_DEADLINE
+    while True:
+        batch: dict[str, Any] = ok_data(http.get(f"{BATCHES}/{batch_id}", headers=admin.headers))
+        if batch["status"] in statuses:
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch['status']}: {batch['progress']}"
+        time.sleep(0.05)  # a polling interval; the condition above is what the test waits on
+
+
+def batch_jobs(db: psycopg.Connection, batch_id: int) -> list[tuple[Any, ...]]:
+    return db.execute(
+        """
+        SELECT id, regenerates_message_id, status, created_at, finished_at,
+               input_tokens + output_tokens
+        FROM chat.ai_jobs WHERE batch_id = %s ORDER BY id
+        """,
+        (batch_id,),
+    ).fetchall()

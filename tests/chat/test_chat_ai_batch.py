@@ -12,52 +12,16 @@ import httpx
 import psycopg
 import pytest
 
-from tests.chat.factories import create_agent, create_conversation
-from tests.chat.helpers import assert_error, ok_data
+from tests.chat.factories import create_agent, make_replies
+from tests.chat.helpers import (
+    BATCH_DEADLINE,
+    BATCHES,
+    assert_error,
+    batch_jobs,
+    ok_data,
+    wait_batch,
+)
 from tests.harness import User
-
-BATCHES = "/chat/admin/regenerations"
-DEADLINE = 60.0
-
-
-def make_replies(
-    http: httpx.Client, user: User, agent_id: int, count: int, *, suffix: str = ""
-) -> list[dict[str, Any]]:
-    """`count` agent replies (one conversation each) generated through the real pipeline."""
-    replies = []
-    for i in range(count):
-        conversation = create_conversation(http, user, agent_id=agent_id)
-        reply = ok_data(
-            http.post(
-                f"/chat/conversations/{conversation['id']}/ai-response",
-                json={"message": f"question {i} {secrets.token_hex(3)} {suffix}".strip()},
-                headers=user.headers,
-            )
-        )
-        replies.append({**reply, "conversation_id": conversation["id"]})
-    return replies
-
-
-def wait_batch(http: httpx.Client, admin: User, batch_id: int, *statuses: str) -> dict[str, Any]:
-    """Polls the batch until its status is one of `statuses`, within the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        batch: dict[str, Any] = ok_data(http.get(f"{BATCHES}/{batch_id}", headers=admin.headers))
-        if batch["status"] in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch['status']}: {batch['progress']}"
-        time.sleep(0.05)  # a polling interval; the condition above is what the test waits on
-
-
-def batch_jobs(db: psycopg.Connection, batch_id: int) -> list[tuple[Any, ...]]:
-    return db.execute(
-        """
-        SELECT id, regenerates_message_id, status, created_at, finished_at,
-               input_tokens + output_tokens
-        FROM chat.ai_jobs WHERE batch_id = %s ORDER BY id
-        """,
-        (batch_id,),
-    ).fetchall()
 
 
 def max_in_flight(jobs: list[tuple[Any, ...]]) -> int:
@@ -307,7 +271,7 @@ def test_cancel_stops_dispatch_and_resume_picks_up_where_it_stopped(
     assert_error(http.post(f"{BATCHES}/{created['id']}/cancel", headers=admin.headers), 409)
     # Whatever was in flight ends (a queued job is cancelled, a running one finishes) and
     # nothing else starts.
-    deadline = time.monotonic() + DEADLINE
+    deadline = time.monotonic() + BATCH_DEADLINE
     while any(job[2] in ("queued", "running") for job in batch_jobs(db, created["id"])):
         assert time.monotonic() < deadline
         time.sleep(0.05)
