@@ -10,6 +10,8 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
 
     python -m bench ai [...]    the AI reply pipeline's own overhead (issue 3, target (a)):
                                 see bench/ai.py
+    python -m bench regen [...] batch regeneration's throughput against the limit its
+                                concurrency sets (issue 3, target (b)): see bench/regen.py
 """
 
 from __future__ import annotations
@@ -114,12 +116,12 @@ def service_env(
     return env
 
 
-def mint_tokens(secret: str, user_ids: Sequence[int]) -> list[str]:
+def mint_tokens(secret: str, user_ids: Sequence[int], role: str = "user") -> list[str]:
     from services.gateway.security import issue_access_token
     from shared.settings import JWTSettings
 
     settings = JWTSettings(secret=secret)
-    return [issue_access_token(settings, user_id=uid, role="user")[0] for uid in user_ids]
+    return [issue_access_token(settings, user_id=uid, role=role)[0] for uid in user_ids]
 
 
 def check_same_answers(
@@ -488,6 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import ai
 
         return ai.main(argv[1:])
+    if argv[:1] == ["regen"]:
+        from bench import regen
+
+        return regen.main(argv[1:])
     args = parse_args(argv)
     return run_scenario(
         lambda: run(args),

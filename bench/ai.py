@@ -26,8 +26,6 @@ import statistics
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +49,15 @@ from bench.celery_noop import make_app as make_noop_app
 from bench.cli import run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
-from bench.procs import Child, Children, http_get, machine_cpu, machine_shares, wait_for_quiet
+from bench.procs import (
+    Child,
+    Children,
+    http_get,
+    http_post,
+    machine_cpu,
+    machine_shares,
+    wait_for_quiet,
+)
 from bench.stack import READY_SECONDS, start_ai_stack
 
 RESULTS = ROOT / "bench" / "results"
@@ -285,20 +291,10 @@ def celery_round_trips(task: Any, count: int) -> load.LoadResult:
 # --- the run ------------------------------------------------------------------------------
 
 
-def _http_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def check_reply(gateway_url: str, post: Post) -> dict[str, Any]:
     """One request end to end (the first also waits for the worker to start consuming): the
     answer must have the seed's shape with a non-empty reply and token counts."""
-    status, body = _http_post(gateway_url + post.path, post.body, post.headers, READY_SECONDS)
+    status, body = http_post(gateway_url + post.path, post.body, post.headers, READY_SECONDS)
     if status != 200:
         raise RuntimeError(f"pre-check: ai-response answered {status}: {body[:500]!r}")
     data = orjson.loads(body)["data"]

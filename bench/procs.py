@@ -50,6 +50,17 @@ def http_get(
         return exc.code, exc.read()
 
 
+def http_post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float = 5.0
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 class Child:
     """One process we started; the log file gets its stdout and stderr directly."""
 

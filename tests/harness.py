@@ -57,18 +57,28 @@ class Stack:
         It shares the database, the Redis prefix and the chat/analytics services with the main
         gateway, and is stopped at the end of the run.
         """
-        spec = next(spec for spec in SERVICES if spec.name == "gateway")
-        assert spec.port_env is not None
+        url, _ = self.start_service("gateway", **overrides)
+        assert url is not None
+        return url
+
+    def start_service(self, name: str, **overrides: str) -> tuple[str | None, ManagedProcess]:
+        """Start one more process of service `name` (chat, ai_worker, ...) with `overrides` on
+        top of the stack's env, on a port of its own; returns its URL (None without HTTP) and
+        process once it answers. It shares the database and the Redis prefix (so an extra
+        worker takes jobs from the same queue), and is stopped at the end of the run unless the
+        test stops or kills it first."""
+        spec = next(spec for spec in SERVICES if spec.name == name)
         env = {**self.env, **overrides}
         assign_ports(env, [spec], free=True)
-        name = f"gateway-extra-{len(self.extra) + 1}"
+        label = f"{name}-extra-{len(self.extra) + 1}"
         process = ManagedProcess(
-            name, spec.argv(), log_path=self.log_dir / f"{name}.log", env=env, cwd=ROOT
+            label, spec.argv(), log_path=self.log_dir / f"{label}.log", env=env, cwd=ROOT
         )
         self.extra.append(process)
-        url = f"http://127.0.0.1:{env[spec.port_env]}"
-        process.wait_http_ok(url + spec.ready_path, Deadline(READY_TIMEOUT))
-        return url
+        url = spec.url(env)
+        if url is not None:
+            process.wait_http_ok(url + spec.ready_path, Deadline(READY_TIMEOUT))
+        return url, process
 
     def processes(self) -> list[ManagedProcess]:
         return [service.process for service in self.services] + self.extra

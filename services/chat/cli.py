@@ -83,7 +83,7 @@ class Api:
             extra = f" ({details})" if details else ""
             raise CliError(
                 f"HTTP {response.status_code} {error.get('code', '')}: "
-                f"{error.get('message', envelope)}{extra}"
+                f"{envelope.get('message', '')}{extra}"
             )
         return envelope["data"]
 
