@@ -5,7 +5,22 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, RowMapping, text
+
+from shared.events import validate_data
+
+
+def add_event(conn: Connection, event_type: str, *, user_id: int, data: dict[str, Any]) -> None:
+    """Writes an event (shared/events.py) to the outbox in the caller's transaction."""
+    conn.execute(
+        text("INSERT INTO chat.outbox (type, user_id, data) VALUES (:type, :uid, :data)"),
+        {
+            "type": event_type,
+            "uid": user_id,
+            "data": orjson.dumps(validate_data(event_type, data)).decode(),
+        },
+    )
 
 
 def start_job(conn: Connection, job_id: int) -> RowMapping | None:
@@ -95,7 +110,7 @@ def store_reply(
     ).first()
     if locked is None:
         return None  # the conversation was deleted meanwhile
-    message_id = conn.execute(
+    inserted = conn.execute(
         text(
             """
             INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
@@ -104,7 +119,7 @@ def store_reply(
             VALUES (:cid, :content, 'agent', :tokens, :ptime, :job, :status, clock_timestamp(),
                     clock_timestamp())
             ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
-            RETURNING id
+            RETURNING id, created_at
             """
         ),
         {
@@ -115,9 +130,10 @@ def store_reply(
             "job": job["id"],
             "status": "sent" if status == "completed" else status,
         },
-    ).scalar()
-    if message_id is None:
+    ).first()
+    if inserted is None:
         return None
+    message_id, created_at = inserted
     if job["regenerates_message_id"] is not None:
         # The earlier reply stays in the history, marked as replaced.
         conn.execute(
@@ -186,22 +202,78 @@ def store_reply(
             "batch": job["batch_id"],
         },
     )
+    add_event(
+        conn,
+        "message.created",
+        user_id=job["user_id"],
+        data={
+            "conversation_id": job["conversation_id"],
+            "message_id": message_id,
+            "sender": "agent",
+            "agent_id": agent_id,
+            "created_at": created_at,
+        },
+    )
+    add_event(
+        conn,
+        "ai.reply.completed",
+        user_id=job["user_id"],
+        data={
+            "job_id": job["id"],
+            "conversation_id": job["conversation_id"],
+            "agent_id": agent_id,
+            "model": model,
+            "status": status,
+            "message_id": message_id,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost": cost,
+            "processing_time": processing_time,
+            "time_to_first_token": time_to_first_token,
+            "batch_id": job["batch_id"],
+        },
+    )
     return int(message_id)
+
+
+_FAILED_JOB = "id, user_id, conversation_id, agent_id, model, error_code, batch_id"
+
+
+def _failed_event(conn: Connection, job: RowMapping) -> None:
+    add_event(
+        conn,
+        "ai.reply.failed",
+        user_id=job["user_id"],
+        data={
+            "job_id": job["id"],
+            "conversation_id": job["conversation_id"],
+            "agent_id": job["agent_id"],
+            "model": job["model"],
+            "error_code": job["error_code"],
+            "batch_id": job["batch_id"],
+        },
+    )
 
 
 def fail_job(conn: Connection, *, job_id: int, code: str, error: str) -> bool:
     """Final failure, unless the job reached a final state meanwhile."""
-    row = conn.execute(
-        text(
-            """
-            UPDATE chat.ai_jobs
-            SET status = 'failed', error_code = :code, error = :error, finished_at = now()
-            WHERE id = :id AND status IN ('queued', 'running')
-            RETURNING id
-            """
-        ),
-        {"id": job_id, "code": code, "error": error[:2000]},
-    ).first()
+    row = (
+        conn.execute(
+            text(
+                f"""
+                UPDATE chat.ai_jobs
+                SET status = 'failed', error_code = :code, error = :error, finished_at = now()
+                WHERE id = :id AND status IN ('queued', 'running')
+                RETURNING {_FAILED_JOB}
+                """
+            ),
+            {"id": job_id, "code": code, "error": error[:2000]},
+        )
+        .mappings()
+        .first()
+    )
+    if row is not None:
+        _failed_event(conn, row)
     return row is not None
 
 
@@ -216,7 +288,7 @@ def expire_overdue_jobs(conn: Connection) -> list[int]:
     batches are topped up by the sweep that follows."""
     rows = conn.execute(
         text(
-            """
+            f"""
             UPDATE chat.ai_jobs SET status = 'failed', error_code = 'deadline_exceeded',
                    error = 'The job did not finish before its deadline', finished_at = now()
             WHERE id IN (
@@ -224,11 +296,14 @@ def expire_overdue_jobs(conn: Connection) -> list[int]:
                 WHERE status IN ('queued', 'running') AND deadline_at < now()
                 FOR UPDATE SKIP LOCKED
             )
-            RETURNING id
+            RETURNING {_FAILED_JOB}
             """
         )
-    )
-    return [int(row[0]) for row in rows]
+    ).mappings()
+    expired = list(rows)
+    for row in expired:
+        _failed_event(conn, row)
+    return [int(row["id"]) for row in expired]
 
 
 def claim_unstarted_jobs(conn: Connection, *, older_than_seconds: int, limit: int) -> list[int]:

@@ -16,6 +16,7 @@ import orjson
 
 from services.chat import repository as repo
 from services.chat.schemas import RegenerationCreate, RegenerationResume
+from services.chat.service import add_cancelled_event
 from shared.db.pool import Conn
 from shared.errors import Conflict, NotFound
 from shared.tokens import Principal
@@ -149,7 +150,9 @@ class RegenerationService:
         if batch["status"] != "running":
             raise Conflict(f"Batch {batch_id} is already {batch['status']}")
         cancelled = await repo.stop_batch(conn, batch_id=batch_id)
-        return await self.get(conn, batch_id), cancelled
+        for job in cancelled:
+            await add_cancelled_event(conn, job)
+        return await self.get(conn, batch_id), [int(job["id"]) for job in cancelled]
 
     async def resume(self, conn: Conn, batch_id: int, body: RegenerationResume) -> dict[str, Any]:
         found = await repo.restart_batch(

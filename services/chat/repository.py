@@ -15,6 +15,7 @@ import orjson
 
 from services.chat.pagination import ConversationCursor, MessageCursor
 from shared.db.pool import Conn
+from shared.events import validate_data
 
 Record = asyncpg.Record
 
@@ -134,14 +135,14 @@ async def update_conversation(
     )
 
 
-async def delete_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> bool:
-    """Deletes the conversation; its messages, attachments and sessions cascade with it."""
-    deleted = await conn.fetchval(
-        "DELETE FROM chat.conversations WHERE id = $1 AND user_id = $2 RETURNING id",
+async def delete_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
+    """Deletes the conversation (its messages, attachments and sessions cascade with it);
+    returns its id and agent, None when it is missing or not theirs."""
+    return await conn.fetchrow(
+        "DELETE FROM chat.conversations WHERE id = $1 AND user_id = $2 RETURNING id, agent_id",
         conversation_id,
         user_id,
     )
-    return deleted is not None
 
 
 async def record_new_message(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
@@ -156,10 +157,24 @@ async def record_new_message(conn: Conn, *, user_id: int, conversation_id: int) 
             last_message_at = clock_timestamp(),
             updated_at = clock_timestamp()
         WHERE id = $1 AND user_id = $2
-        RETURNING id, total_messages, last_message_at
+        RETURNING id, agent_id, total_messages, last_message_at
         """,
         conversation_id,
         user_id,
+    )
+
+
+# --- the outbox ----------------------------------------------------------------------------------
+
+
+async def add_event(conn: Conn, event_type: str, *, user_id: int, data: dict[str, Any]) -> None:
+    """Writes an event (shared/events.py) in the caller's transaction: it is published if and
+    only if the change commits."""
+    await conn.execute(
+        "INSERT INTO chat.outbox (type, user_id, data) VALUES ($1, $2, $3)",
+        event_type,
+        user_id,
+        orjson.dumps(validate_data(event_type, data)).decode(),
     )
 
 
@@ -733,9 +748,9 @@ async def count_batches(conn: Conn) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM chat.ai_batches"))
 
 
-async def stop_batch(conn: Conn, *, batch_id: int) -> list[int]:
+async def stop_batch(conn: Conn, *, batch_id: int) -> list[Record]:
     """Cancels a running batch and its jobs no worker has started (running ones finish);
-    returns those cancelled jobs, or None's list when the batch was not running."""
+    returns those cancelled jobs (none when the batch was not running)."""
     stopped = await conn.fetchval(
         """
         UPDATE chat.ai_batches SET status = 'cancelled', finished_at = now(), updated_at = now()
@@ -752,11 +767,11 @@ async def stop_batch(conn: Conn, *, batch_id: int) -> list[int]:
         SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
             error = 'The batch was cancelled before this job started'
         WHERE batch_id = $1 AND status = 'queued'
-        RETURNING id
+        RETURNING id, user_id, conversation_id, agent_id, batch_id
         """,
         batch_id,
     )
-    return [int(row["id"]) for row in rows]
+    return list(rows)
 
 
 async def restart_batch(

@@ -105,6 +105,17 @@ class ConversationService:
             agent_id=body.agent_id,
             conversation_type=body.conversation_type,
         )
+        await repo.add_event(
+            conn,
+            "conversation.created",
+            user_id=user.user_id,
+            data={
+                "conversation_id": row["id"],
+                "agent_id": row["agent_id"],
+                "title": row["title"],
+                "created_at": row["created_at"],
+            },
+        )
         return {"conversation_id": row["id"], "conversation": dict(row)}
 
     async def get(self, conn: Conn, user: Principal, conversation_id: int) -> dict[str, Any]:
@@ -130,13 +141,26 @@ class ConversationService:
         )
         if row is None:
             raise _conversation_not_found(conversation_id)
+        await repo.add_event(
+            conn,
+            "conversation.updated",
+            user_id=user.user_id,
+            data={"conversation_id": row["id"], "changes": changes},
+        )
         return {"conversation_id": row["id"], "conversation": dict(row)}
 
     async def delete(self, conn: Conn, user: Principal, conversation_id: int) -> dict[str, Any]:
-        if not await repo.delete_conversation(
+        deleted = await repo.delete_conversation(
             conn, user_id=user.user_id, conversation_id=conversation_id
-        ):
+        )
+        if deleted is None:
             raise _conversation_not_found(conversation_id)
+        await repo.add_event(
+            conn,
+            "conversation.deleted",
+            user_id=user.user_id,
+            data={"conversation_id": conversation_id, "agent_id": deleted["agent_id"]},
+        )
         return {"conversation_id": conversation_id}
 
 
@@ -201,6 +225,18 @@ class MessageService:
             content_type=body.content_type,
             message_type=body.message_type,
             at=counted["last_message_at"],
+        )
+        await repo.add_event(
+            conn,
+            "message.created",
+            user_id=user.user_id,
+            data={
+                "conversation_id": conversation_id,
+                "message_id": row["id"],
+                "sender": row["sender"],
+                "agent_id": counted["agent_id"] if row["sender"] == "agent" else None,
+                "created_at": row["created_at"],
+            },
         )
         return {
             "message_id": row["id"],
@@ -393,6 +429,18 @@ class AIService:
                 at=counted["last_message_at"],
             )
             prompt_message_id = message["id"]
+            await repo.add_event(
+                conn,
+                "message.created",
+                user_id=user.user_id,
+                data={
+                    "conversation_id": conversation_id,
+                    "message_id": message["id"],
+                    "sender": "user",
+                    "agent_id": None,
+                    "created_at": message["created_at"],
+                },
+            )
         job = await repo.insert_job(
             conn,
             conversation_id=conversation_id,
@@ -504,7 +552,10 @@ class AIService:
             job = await self.get_job(conn, user, job_id)
             if job["status"] in FINAL_JOB_STATUSES:
                 raise Conflict(f"Job {job_id} is already {job['status']}")
-            cancelled = await repo.cancel_queued_job(conn, user_id=user.user_id, job_id=job_id)
+            async with conn.transaction():
+                cancelled = await repo.cancel_queued_job(conn, user_id=user.user_id, job_id=job_id)
+                if cancelled is not None:
+                    await add_cancelled_event(conn, cancelled)
         if cancelled is not None:
             await jobs.announce(job_id, "cancelled")
             return dict(cancelled), True
@@ -557,6 +608,21 @@ class AIService:
             # "incomplete": cancelled while generating; the text is what was produced until then.
             "status": row["status"],
         }
+
+
+async def add_cancelled_event(conn: Conn, job: Any) -> None:
+    """The event of a job cancelled before any worker started it."""
+    await repo.add_event(
+        conn,
+        "ai.reply.cancelled",
+        user_id=job["user_id"],
+        data={
+            "job_id": job["id"],
+            "conversation_id": job["conversation_id"],
+            "agent_id": job["agent_id"],
+            "batch_id": job["batch_id"],
+        },
+    )
 
 
 class AIReplyFailed(AppError):

@@ -1,0 +1,159 @@
+"""The platform's events: their one schema, shared by the writers (chat, ai_worker: through the
+outbox), the relay, and the consumers (the analytics aggregator, the webhook dispatcher).
+
+An event is a JSON object:
+
+    {"id": "<uuid>", "type": "message.created", "version": 1,
+     "occurred_at": "2026-11-27T10:00:00.123456Z", "user_id": 42, "data": {...}}
+
+- `id` is unique per event and stable across redeliveries: consumers de-duplicate on it.
+- `type` is one of `EVENT_TYPES`; `data` has the fields of that type's model below (more may be
+  added in a later version; consumers ignore fields they do not know).
+- `user_id` is the owner of what changed (the conversation's user).
+- `occurred_at` is the commit-time clock of the change (UTC).
+
+Events are written to `chat.outbox` in the same transaction as the change, then appended by the
+relay to the Redis stream `chat.events` (field `event`: the JSON above), in outbox order, at least
+once. A consumer must therefore tolerate duplicates (same `id`) and validate what it reads
+(`parse_event`): an entry that does not validate is dead-lettered, never applied.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+EVENT_STREAM = "chat.events"
+DEAD_LETTER_STREAM = "chat.events.dead"
+SCHEMA_VERSION = 1
+
+
+class _Data(BaseModel):
+    # Unknown fields are ignored, so a newer writer does not break an older consumer.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ConversationCreated(_Data):
+    conversation_id: int
+    agent_id: int | None
+    title: str
+    created_at: datetime
+
+
+class ConversationUpdated(_Data):
+    conversation_id: int
+    # The fields that changed, with their new values (title, is_pinned, is_archived, status).
+    changes: dict[str, Any]
+
+
+class ConversationDeleted(_Data):
+    conversation_id: int
+    agent_id: int | None
+
+
+class MessageCreated(_Data):
+    conversation_id: int
+    message_id: int
+    sender: Literal["user", "agent"]
+    # For agent messages: the agent that wrote it (the job's, else the conversation's).
+    agent_id: int | None
+    created_at: datetime
+
+
+class ConversationRead(_Data):
+    conversation_id: int
+    last_read_message_id: int
+
+
+class AIReplyFinished(_Data):
+    job_id: int
+    conversation_id: int
+    agent_id: int | None
+    model: str
+    # completed | incomplete (cancelled while generating: the partial reply was kept)
+    status: Literal["completed", "incomplete"]
+    message_id: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    processing_time: float
+    time_to_first_token: float | None
+    batch_id: int | None = None
+
+
+class AIReplyFailed(_Data):
+    job_id: int
+    conversation_id: int
+    agent_id: int | None
+    model: str
+    error_code: str
+    batch_id: int | None = None
+
+
+class AIReplyCancelled(_Data):
+    job_id: int
+    conversation_id: int
+    agent_id: int | None
+    batch_id: int | None = None
+
+
+EVENT_TYPES: dict[str, type[_Data]] = {
+    "conversation.created": ConversationCreated,
+    "conversation.updated": ConversationUpdated,
+    "conversation.deleted": ConversationDeleted,
+    "conversation.read": ConversationRead,
+    "message.created": MessageCreated,
+    "ai.reply.completed": AIReplyFinished,
+    "ai.reply.failed": AIReplyFailed,
+    "ai.reply.cancelled": AIReplyCancelled,
+}
+EventType = Literal[
+    "conversation.created",
+    "conversation.updated",
+    "conversation.deleted",
+    "conversation.read",
+    "message.created",
+    "ai.reply.completed",
+    "ai.reply.failed",
+    "ai.reply.cancelled",
+]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: UUID
+    type: EventType
+    version: int = Field(ge=1)
+    occurred_at: datetime
+    user_id: int
+    data: dict[str, Any]
+
+    def payload(self) -> _Data:
+        """`data` validated against its type's model."""
+        return EVENT_TYPES[self.type].model_validate(self.data)
+
+
+class InvalidEvent(ValueError):
+    """A stream entry that is not a valid event (dead-lettered with this reason)."""
+
+
+def parse_event(raw: bytes | str) -> tuple[Event, _Data]:
+    """The event and its validated data, or InvalidEvent saying what is wrong."""
+    try:
+        event = Event.model_validate(orjson.loads(raw))
+        if event.version > SCHEMA_VERSION:
+            raise InvalidEvent(f"version {event.version} is newer than {SCHEMA_VERSION}")
+        return event, event.payload()
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise InvalidEvent(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+
+def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What a writer stores in the outbox: `data` checked against its type (raises on a bug)."""
+    return EVENT_TYPES[event_type].model_validate(data).model_dump(mode="json")

@@ -1,0 +1,122 @@
+"""Events: every change writes its event in the same transaction (the outbox), and the relay
+appends it to the Redis stream `chat.events` in order, valid against the shared schema; after
+Redis loses its data the retained events are appended again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from shared.events import EVENT_STREAM, parse_event
+from tests.chat.factories import add_message, create_conversation
+from tests.chat.helpers import ok_data
+from tests.harness import Stack, User
+
+DEADLINE = 20.0
+
+
+@pytest.fixture
+def stream(stack: Stack) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+def events_of(stack: Stack, client: redis.Redis, conversation_id: int) -> list[tuple[str, Any]]:
+    """(type, data) of the stream's events about one conversation, in stream order."""
+    found = []
+    for _, fields in client.xrange(f"{stack.redis_prefix}{EVENT_STREAM}"):
+        event, data = parse_event(fields[b"event"])
+        if getattr(data, "conversation_id", None) == conversation_id:
+            found.append((event.type, data))
+    return found
+
+
+def wait_events(
+    stack: Stack, client: redis.Redis, conversation_id: int, count: int
+) -> list[tuple[str, Any]]:
+    deadline = time.monotonic() + DEADLINE
+    while len(found := events_of(stack, client, conversation_id)) < count:
+        assert time.monotonic() < deadline, f"only {found}"
+        time.sleep(0.05)  # a polling interval; the loop waits on the stream's content
+    return found
+
+
+def test_changes_reach_the_stream_in_order_and_valid(
+    stack: Stack, http: httpx.Client, alice: User, stream: redis.Redis, db: psycopg.Connection
+) -> None:
+    conversation = create_conversation(http, alice, title="events")
+    cid = conversation["id"]
+    http.put(f"/chat/conversations/{cid}", json={"is_pinned": True}, headers=alice.headers)
+    add_message(http, alice, cid, content="hello")
+    reply = ok_data(
+        http.post(
+            f"/chat/conversations/{cid}/ai-response",
+            json={"message": "answer me"},
+            headers=alice.headers,
+        )
+    )
+    ok_data(http.delete(f"/chat/conversations/{cid}", headers=alice.headers))
+    found = wait_events(stack, stream, cid, 7)
+    assert [kind for kind, _ in found] == [
+        "conversation.created",
+        "conversation.updated",
+        "message.created",
+        "message.created",
+        "message.created",
+        "ai.reply.completed",
+        "conversation.deleted",
+    ]
+    assert found[0][1].title == "events"
+    assert found[1][1].changes == {"is_pinned": True}
+    assert [data.sender for kind, data in found if kind == "message.created"] == [
+        "user",
+        "user",
+        "agent",
+    ]
+    completed = found[5][1]
+    assert completed.message_id == reply["message_id"] and completed.status == "completed"
+    assert completed.input_tokens == reply["input_tokens"]
+    assert completed.output_tokens == reply["output_tokens"]
+    unpublished = db.execute(
+        "SELECT count(*) FROM chat.outbox WHERE published_at IS NULL AND user_id = %s",
+        (alice.id,),
+    ).fetchone()
+    assert unpublished == (0,)
+
+
+def test_a_failed_write_publishes_nothing(
+    stack: Stack, http: httpx.Client, alice: User, bob: User, db: psycopg.Connection
+) -> None:
+    conversation = create_conversation(http, alice)
+    # Bob cannot post into Alice's conversation: 404, and no event for it.
+    response = http.post(
+        f"/chat/conversations/{conversation['id']}/messages",
+        json={"content": "not mine", "sender_type": "user"},
+        headers=bob.headers,
+    )
+    assert response.status_code == 404
+    rows = db.execute(
+        "SELECT type FROM chat.outbox WHERE (data->>'conversation_id')::int = %s ORDER BY id",
+        (conversation["id"],),
+    ).fetchall()
+    assert rows == [("conversation.created",)]
+
+
+def test_events_are_appended_again_after_redis_lost_them(
+    stack: Stack, http: httpx.Client, alice: User, stream: redis.Redis
+) -> None:
+    conversation = create_conversation(http, alice)
+    wait_events(stack, stream, conversation["id"], 1)
+    # As after a Redis restart without persistence: the stream and the relay's marker are gone.
+    stream.delete(
+        f"{stack.redis_prefix}{EVENT_STREAM}", f"{stack.redis_prefix}{EVENT_STREAM}:relay-marker"
+    )
+    found = wait_events(stack, stream, conversation["id"], 1)
+    assert found[0][0] == "conversation.created"
