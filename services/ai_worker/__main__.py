@@ -6,6 +6,8 @@ AI_WORKER_CONCURRENCY calls in flight without a process per call; the GIL is not
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import start_http_server
 
 from services.ai_worker.app import app, resources, settings
@@ -15,6 +17,11 @@ from shared.logs import configure_logging
 
 def main() -> None:
     configure_logging("ai_worker", settings.log_level)
+    if settings.log_level != "DEBUG":
+        # Celery's "Task received" / "Task succeeded" lines and httpx's line per model call
+        # repeat what the job's own reply_stored / reply_failed line says, three per job.
+        for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
     sweeper = JobSweeper(app, resources.replies, resources.batches)

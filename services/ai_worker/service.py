@@ -13,14 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.ai_worker import repository as repo
 from services.ai_worker.batches import BatchDispatcher
+from services.ai_worker.job_stream import JobEvents, StreamWriter
 from services.ai_worker.llm import Cancelled, Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
-from shared.jobs import (
-    JOB_STREAM_TTL_SECONDS,
-    job_cancel_key,
-    job_done_channel,
-    job_stream_key,
-)
+from shared.jobs import job_cancel_key, job_done_channel
 
 log = structlog.get_logger(component="reply")
 
@@ -102,13 +98,25 @@ class ReplyService:
         self.llm = llm
         self.redis = redis_client
         self.batches = batches
+        self.streams = StreamWriter(redis_client)
 
     def generate(self, job_id: int) -> str:
         """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
         a final job is left alone and a stored reply is never stored again."""
+        # One transaction marks the delivery and reads what the prompt needs.
         with self.engine.begin() as conn:
             job = repo.start_job(conn, job_id)
+            if job is not None and job["attempts"] <= self.settings.max_deliveries:
+                agent = repo.get_agent(conn, job["agent_id"])
+                history = repo.recent_messages(
+                    conn,
+                    conversation_id=job["conversation_id"],
+                    up_to_id=job["prompt_message_id"],
+                    limit=100,
+                )
         if job is None:
+            # A duplicate or late delivery of a job that is already final.
+            log.info("delivery_skipped", job_id=job_id)
             return "skipped"
         if job["attempts"] > self.settings.max_deliveries:
             # Delivered again and again without finishing: its worker keeps dying on it.
@@ -120,20 +128,18 @@ class ReplyService:
         JOBS_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
-            return self._generate(job, started)
+            return self._generate(job, agent, history, started)
         finally:
             JOBS_IN_FLIGHT.dec()
             GENERATION.observe(time.perf_counter() - started)
 
-    def _generate(self, job: RowMapping, started: float) -> str:
-        with self.engine.connect() as conn:
-            agent = repo.get_agent(conn, job["agent_id"])
-            history = repo.recent_messages(
-                conn,
-                conversation_id=job["conversation_id"],
-                up_to_id=job["prompt_message_id"],
-                limit=100,
-            )
+    def _generate(
+        self,
+        job: RowMapping,
+        agent: RowMapping | None,
+        history: list[RowMapping],
+        started: float,
+    ) -> str:
         if agent is None:
             return self._fail(job, "no_agent", "No agent is configured")
         messages = build_prompt(
@@ -145,7 +151,7 @@ class ReplyService:
         if not messages:
             return self._fail(job, "empty_prompt", "The conversation has no message")
         model = self.llm.resolve_model(job["model"] or agent["model"])
-        events = JobEvents(self.redis, self.settings.redis_prefix, job["id"])
+        events = JobEvents(self.streams, self.settings.redis_prefix, job["id"])
         watch = CancelWatch(self.redis, self.settings.redis_prefix, job["id"])
 
         def on_piece(text: str) -> None:
@@ -220,44 +226,12 @@ class ReplyService:
 
     def announce(self, job_id: int, outcome: str) -> None:
         """Tells the requests waiting on the job (and its event stream) that it is final."""
-        JobEvents(self.redis, self.settings.redis_prefix, job_id).end(outcome)
+        JobEvents(self.streams, self.settings.redis_prefix, job_id).end(outcome)
         try:
             self.redis.publish(job_done_channel(self.settings.redis_prefix, job_id), outcome)
         except redis.RedisError as exc:
             # Waiters fall back to reading the job's row; the outcome is already stored.
             log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)
-
-
-class JobEvents:
-    """Appends a job's events to its Redis stream, for clients following it as Server-Sent
-    Events. Best effort: the reply itself is stored in Postgres whatever happens here."""
-
-    def __init__(self, client: redis.Redis, prefix: str, job_id: int) -> None:
-        self._client = client
-        self._key = job_stream_key(prefix, job_id)
-        self._failed = False
-
-    def token(self, text: str) -> None:
-        self._add({"type": "token", "text": text})
-
-    def reset(self) -> None:
-        """The model call is retried: what was streamed so far is void."""
-        self._add({"type": "reset"})
-
-    def end(self, outcome: str) -> None:
-        self._add({"type": "end", "outcome": outcome})
-
-    def _add(self, fields: dict[str, str]) -> None:
-        if self._failed:
-            return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.xadd(self._key, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(self._key, JOB_STREAM_TTL_SECONDS)
-            pipe.execute()
-        except redis.RedisError as exc:
-            self._failed = True
-            log.warning("job_stream_unavailable", error=type(exc).__name__)
 
 
 class CancelWatch:
