@@ -18,7 +18,8 @@ help:
 	@echo "make test      lint, then run the test suite"
 	@echo "make lint      ruff and mypy"
 	@echo "make migrate   create the database if needed and migrate it (DATABASE_URL)"
-	@echo "make bench     run the benchmarks"
+	@echo "make bench     run the benchmarks: the gateway path, the AI reply pipeline, batch"
+	@echo "               regeneration (python -m bench [ai|regen]; docs/benchmarks.md)"
 	@echo "make clean     remove run state and caches (distclean: the virtualenv too)"
 
 install: $(STAMP)
@@ -64,8 +65,12 @@ test: lint
 migrate: install
 	$(BIN)/python -m deploy.local.run --migrate-only
 
+# The scenarios of docs/benchmarks.md, each in its own process; every one runs even if one fails.
 bench: install
-	$(BIN)/python -m bench; status=$$?; $(BIN)/python -m bench ai || status=$$?; exit $$status
+	$(BIN)/python -m bench; status=$$?; \
+	$(BIN)/python -m bench ai || status=$$?; \
+	$(BIN)/python -m bench regen || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

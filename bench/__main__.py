@@ -460,8 +460,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if meter is not None:
             meter.close()
-        children.stop_all()
-        tear_down(servers, redis_prefixes=[redis_prefix], database=database, keep=args.keep)
+        tear_down(
+            servers,
+            children=children,
+            redis_prefixes=[redis_prefix],
+            database=database,
+            keep=args.keep,
+        )
 
 
 def profile_gateway(

@@ -676,9 +676,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 noop_app.close()
         if meter is not None:
             meter.close()
-        children.stop_all()
         tear_down(
-            servers, redis_prefixes=[redis_prefix, noop_prefix], database=database, keep=args.keep
+            servers,
+            children=children,
+            redis_prefixes=[redis_prefix, noop_prefix],
+            database=database,
+            keep=args.keep,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -14,6 +14,7 @@ import redis
 
 from bench import report
 from bench.dataset import ROOT
+from bench.procs import Children
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -67,18 +68,54 @@ def cleanup_redis(url: str, prefix: str) -> None:
         client.close()
 
 
-def tear_down(servers: Any, *, redis_prefixes: list[str], database: str | None, keep: bool) -> None:
-    """Leaves the servers as the run found them: its Redis keys and database gone (unless
-    `keep`), and any server the run started stopped."""
-    if servers is None:
-        return
-    with contextlib.suppress(Exception):
-        for prefix in redis_prefixes:
-            cleanup_redis(servers.redis_url, prefix)
-    if database is not None:
-        if keep:
-            print(f"bench: kept database {database}", file=sys.stderr)
-        else:
-            with contextlib.suppress(Exception):
-                servers.drop_database(database)
-    servers.stop()
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done (a second Ctrl-C while the run
+    stops must not leave processes, its database or its Redis keys behind), then the first of
+    them that came is acted on."""
+    received: list[int] = []
+
+    def note(signum: int, _: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {
+        signum: signal.signal(signum, note)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        if received[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + received[0])
+
+
+def tear_down(
+    servers: Any,
+    *,
+    children: Children | None = None,
+    redis_prefixes: list[str],
+    database: str | None,
+    keep: bool,
+) -> None:
+    """Leaves the machine as the run found them, signals notwithstanding: the processes it
+    started stopped, its Redis keys and database gone (unless `keep`), and any server it
+    started stopped."""
+    with _signals_deferred():
+        if children is not None:
+            children.stop_all()
+        if servers is None:
+            return
+        with contextlib.suppress(Exception):
+            for prefix in redis_prefixes:
+                cleanup_redis(servers.redis_url, prefix)
+        if database is not None:
+            if keep:
+                print(f"bench: kept database {database}", file=sys.stderr)
+            else:
+                with contextlib.suppress(Exception):
+                    servers.drop_database(database)
+        servers.stop()

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,6 +217,23 @@ def summarise(raw_path: Path, top: int = 20) -> ProfileSummary:
         top_inclusive=shares(inclusive),
         by_library=shares(libraries),
     )
+
+
+def inclusive_shares(raw_path: Path, functions: Sequence[str]) -> dict[str, float]:
+    """The share of all samples in which each of `functions` (a qualified name such as
+    `JobEvents._add`) is on the stack, itself or anything it calls."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        names = {_frame(f)[0] for f in stack.split(";")}
+        for function in functions:
+            if function in names:
+                counts[function] += int(count_text)
+    return {function: round(counts[function] / max(1, total), 4) for function in functions}
 
 
 def profile_during(

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -45,12 +46,20 @@ from bench.__main__ import (
     mint_tokens,
     open_meter,
 )
-from bench.ai import QUESTION, stub_records
+from bench.ai import QUESTION, idle_cpu, stub_records
 from bench.cli import RESULTS, run_scenario, tear_down
 from bench.dataset import migrate, seed
 from bench.infra import Servers, connect_servers
-from bench.procs import Children, http_get, http_post, machine_cpu, machine_shares, wait_for_quiet
-from bench.pyspy import profile_during
+from bench.procs import (
+    Child,
+    Children,
+    http_get,
+    http_post,
+    machine_cpu,
+    machine_shares,
+    wait_for_quiet,
+)
+from bench.pyspy import inclusive_shares, profile_during
 from bench.stack import start_ai_stack
 
 TARGET_SHARE = 0.90
@@ -111,6 +120,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-wait", type=float, default=180.0,
         help="seconds to wait for a quiet machine before measuring anyway (0: do not wait)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5.0,
+        help="seconds over which each process's CPU use without load is measured (0: skip)",
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -291,14 +304,12 @@ def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
 
 
 _SEGMENTS = (
-    ("queue", "job created -> a worker thread starts it (commit, send_task, broker, pick-up, "
-     "the start transaction)"),
+    ("queue", "job created -> a worker thread starts it (the top-up's commit, send_task, the "
+     "broker, pick-up, the start transaction)"),
     ("to_llm", "start -> the LLM request arrives (agent and history reads, prompt, openai SDK)"),
     ("llm", "stand-in LLM from request to its last byte (the configured latency, streaming)"),
-    ("to_store", "LLM done -> the store transaction begins (SDK parsing, per-token Redis "
-     "events, pricing)"),
-    ("refill", "store transaction -> the next job of the batch is created (store, commit, "
-     "announce, the top-up's lock and load query; k-th finish paired with the (k+C)-th job)"),
+    ("to_store", "LLM done -> the store transaction begins (SDK parsing of the chunks, per-token "
+     "Redis events, pricing)"),
 )  # fmt: skip
 
 
@@ -350,9 +361,11 @@ def analyse(
         segments["to_llm"].append(received - started)
         segments["llm"].append(answered - received)
         segments["to_store"].append(finished - answered)
-    segments["refill"] = [b - a for a, b in zip(finishes, creations[concurrency:], strict=False)]
+    # Little's law: each of the C slots takes C / throughput per reply; the limit assumes the
+    # LLM's latency alone, so share = latency / cycle, and the segments say where the rest goes.
+    cycle = concurrency / rate if rate > 0 else None
     means = {name: statistics.fmean(values) for name, values in segments.items() if values}
-    cycle = sum(means.values()) if len(means) == len(_SEGMENTS) else None
+    rest = cycle - sum(means.values()) if cycle and len(means) == len(_SEGMENTS) else None
     progress = run["batch"]["progress"]
     return {
         "concurrency": concurrency,
@@ -387,8 +400,8 @@ def analyse(
             }
             for name, label in _SEGMENTS
         ],
+        "rest_ms": round(rest * 1000, 2) if rest is not None else None,
         "cycle_ms": round(cycle * 1000, 2) if cycle else None,
-        "cycle_share": latency / cycle if cycle else None,
     }
 
 
@@ -536,6 +549,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 file=sys.stderr,
             )
 
+        # With every process warmed up: what each uses with nothing to do (loops, pollers).
+        idle = idle_cpu(meter, args.idle_seconds) if args.idle_seconds > 0 else {}
+
         values = [args.concurrency, *args.compare]
         rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in values}
         for index in range(args.rounds):
@@ -616,6 +632,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_share": TARGET_SHARE,
             "met": headline["share"] >= TARGET_SHARE,
             "rate_limited": rate_limited,
+            "idle_cpu_ms_per_second": idle,
             "profile": profile,
             "problems": problems,
             "logs": str(run_dir),
@@ -623,8 +640,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if meter is not None:
             meter.close()
-        children.stop_all()
-        tear_down(servers, redis_prefixes=[redis_prefix], database=database, keep=args.keep)
+        tear_down(
+            servers,
+            children=children,
+            redis_prefixes=[redis_prefix],
+            database=database,
+            keep=args.keep,
+        )
+
+
+# What the worker's Python work goes to (inclusive: each with what it calls; they overlap where
+# one calls another, as the labels say).
+WORKER_FOCUS = (
+    ("ReplyService.generate", "one job, all of it (the task body)"),
+    ("LLMClient.complete", "the model call (the next two included)"),
+    ("JobEvents._add", "per-token events: an XADD + EXPIRE pipeline to Redis for each token"),
+    ("Stream.__stream__", "openai SDK: reading and parsing the streamed chunks"),
+    ("store_reply", "the reply's writes"),
+    ("BatchDispatcher.top_up", "the top-up after each job (its SQL and send_task)"),
+    ("Celery.send_task", "publishing a job (in the top-up)"),
+    ("DefaultDialect._do_ping_w_event", "the pool's pre-ping at each checkout"),
+    ("asynloop", "Celery's consumer loop (main thread: receiving, acknowledging)"),
+    ("Logger.handle", "log records (Celery's per-task lines, the service's)"),
+)
 
 
 def profile_batch(
@@ -632,8 +670,8 @@ def profile_batch(
     target: Target,
     meter: CpuMeter,
     selection: dict[str, Any],
-    procs: dict[str, Any],
-    run_dir: Any,
+    procs: dict[str, Child],
+    run_dir: Path,
     key: str,
     timeout: float,
 ) -> dict[str, Any]:
@@ -659,6 +697,11 @@ def profile_batch(
     )
     for name, summary in summaries.items():
         summary["cpu_ms_per_reply"] = entry["cpu_ms_per_reply"].get(name, 0.0)
+    worker = summaries["ai_worker"]
+    shares = inclusive_shares(Path(worker["raw"]), [name for name, _ in WORKER_FOCUS])
+    worker["focus"] = [
+        {"function": name, "label": label, "share": shares[name]} for name, label in WORKER_FOCUS
+    ]
     return {"seconds": seconds, "rps": entry["rps"], "processes": summaries}
 
 

@@ -12,6 +12,11 @@ SECTION = "Batch regeneration throughput (issue 3, target (b))"
 # A hand-written analysis below the figures, kept when a run rewrites them.
 FINDINGS = "### Findings"
 _CPU_SHOWN = 0.005
+REST = (
+    "store transaction begins -> the slot's next job is created (the reply's writes, commit, "
+    "announce, the top-up with its wait for the batch's lock), plus the batch's start and "
+    "tail: the slot cycle minus the segments above"
+)
 
 
 def _ordered(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -24,8 +29,16 @@ def _verdict(result: dict[str, Any], markdown: bool = False) -> str:
     return "**not met**" if markdown else "NOT met"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _idle(idle: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in idle.items() if ms >= 0.05) or "none"
+
+
 def _cycle(row: dict[str, Any]) -> str:
-    return f"{row['cycle_ms']:.1f}" if row.get("cycle_ms") else "-"
+    return _ms(row.get("cycle_ms"))
 
 
 def _row_cells(row: dict[str, Any], configured: int) -> list[str]:
@@ -39,7 +52,7 @@ def _row_cells(row: dict[str, Any], configured: int) -> list[str]:
         f"{row['ideal_seconds']:.2f}",
         f"{row['db_span_seconds']:.2f}",
         f"{row['wall_seconds']:.2f}",
-        f"{row['max_in_flight_jobs']} / {row['stub_max_in_flight']}",
+        f"{row['max_in_flight_jobs']} / {row['max_running_jobs']} / {row['stub_max_in_flight']}",
         f"{row['failed']}",
         _cycle(row),
     ]
@@ -47,7 +60,7 @@ def _row_cells(row: dict[str, Any], configured: int) -> list[str]:
 
 _HEADERS = (
     "C", "limit/s", "replies/s", "share", "POST->last s", "ideal s", "in-DB s", "until GET s",
-    "in flight jobs/LLM", "failed", "slot cycle ms",
+    "in flight", "failed", "slot cycle ms",
 )  # fmt: skip
 
 
@@ -85,7 +98,9 @@ def print_table(result: dict[str, Any]) -> None:
             f"({row['segments'][index]['median_ms']})"
             for row in rows
         )
-        print(f"  {seg['name']:<9} {values}")
+        print(f"  {seg['name']:<11} {values}")
+    print("  rest        " + "  ".join(f"C={r['concurrency']}: {_ms(r['rest_ms'])}" for r in rows))
+    print("  slot cycle  " + "  ".join(f"C={r['concurrency']}: {_cycle(r)}" for r in rows))
     print("CPU per reply, ms, by process (and cores busy on average):")
     for row in rows:
         parts = ", ".join(
@@ -97,6 +112,9 @@ def print_table(result: dict[str, Any]) -> None:
             f"  C={row['concurrency']}: {parts} (machine busy {row['machine_busy']:.0%}, "
             f"other work {row['other_load']:.0%})"
         )
+    idle = result.get("idle_cpu_ms_per_second")
+    if idle:
+        print("  idle (no load), CPU ms per second: " + _idle(idle))
     profile = result.get("profile")
     if profile:
         for process, summary in profile["processes"].items():
@@ -107,9 +125,9 @@ def print_table(result: dict[str, Any]) -> None:
             )
             for name, share in summary["self_time_by_library_share_of_busy"][:10]:
                 print(f"  {share:6.1%} {share * cpu_ms:6.3f}  {name}")
-            print("  top inclusive (functions and what they call):")
-            for name, share in summary["top_inclusive_share_of_busy"][:20]:
-                print(f"  {share:6.1%} {share * cpu_ms:6.3f}  {name}")
+            for item in summary.get("focus", []):
+                share = item["share"]
+                print(f"  {share:6.1%} {share * cpu_ms:6.3f}  {item['function']}: {item['label']}")
     print()
 
 
@@ -144,10 +162,13 @@ def section(result: dict[str, Any]) -> str:
         "the last job's `finished_at`; *ideal* is what the limit allows for them; *in-DB* is "
         "from the first job's `created_at` to the last `finished_at`; *until GET* is until the "
         f"first progress GET (every {cfg['poll_seconds']:g} s) that showed the batch completed. "
-        "*In flight* is the most jobs queued or running at once (from the job rows) and the "
-        "most requests the stand-in LLM had open at once (its own counter); neither may exceed "
-        "C. *Slot cycle* is the mean time one of the C slots takes per reply, the sum of the "
-        "segments below: the limit assumes it is the LLM's latency alone. The gateway "
+        "*In flight*: the most jobs queued or running at once, the most running at once (both "
+        "from the job rows) and the most requests the stand-in LLM had open at once (its own "
+        "counter); the last two never exceeded C (the bench checks it), the first can read "
+        "above C because a job's `created_at` is the start of its top-up transaction, which then "
+        "may wait for the batch's lock and see finishes that came after. *Slot cycle*: the "
+        "time each of the C slots takes per reply (C / throughput); the limit assumes it is the "
+        "LLM's latency alone, so the share is latency / cycle. The gateway "
         f"rate-limited {result['rate_limited']} requests.",
         "",
         "Where one job slot's time goes, mean (median) in milliseconds, from the job rows "
@@ -165,7 +186,12 @@ def section(result: dict[str, Any]) -> str:
             for row in rows
         ]
         lines.append(f"| *{name}*: {label} | " + " | ".join(cells) + " |")
-    lines.append("| *slot cycle* | " + " | ".join(_cycle(row) for row in rows) + " |")
+    lines.append(f"| *rest*: {REST} | " + " | ".join(_ms(row["rest_ms"]) for row in rows) + " |")
+    lines.append(
+        "| *slot cycle*: C / throughput (the limit assumes the LLM's latency alone) | "
+        + " | ".join(_cycle(row) for row in rows)
+        + " |"
+    )
     lines += [
         "",
         "CPU time per reply by process, in milliseconds, and in brackets the cores it kept busy "
@@ -192,6 +218,14 @@ def section(result: dict[str, Any]) -> str:
         + " | ".join(f"{row['other_load']:.0%}" for row in rows)
         + " |"
     )
+    idle = result.get("idle_cpu_ms_per_second")
+    if idle:
+        lines += [
+            "",
+            "With nothing to do the processes use, in CPU milliseconds per second: "
+            + _idle(idle)
+            + " (included above).",
+        ]
     lines += [
         "",
         "Every measured batch:",
@@ -206,7 +240,8 @@ def section(result: dict[str, Any]) -> str:
                 f"| {run['round']} | {run['concurrency']} | {run['rps']:.1f} | "
                 f"{run['share']:.1%} | {run['seconds']:.2f} | {run['db_span_seconds']:.2f} | "
                 f"{run['wall_seconds']:.2f} | {run['max_in_flight_jobs']} / "
-                f"{run['stub_max_in_flight']} | {run['failed']} | {run['other_load']:.0%} |"
+                f"{run['max_running_jobs']} / {run['stub_max_in_flight']} | {run['failed']} | "
+                f"{run['other_load']:.0%} |"
             )
     compare = ", ".join(str(c) for c in cfg["compare"]) or "none"
     lines += [
@@ -261,6 +296,22 @@ def section(result: dict[str, Any]) -> str:
                 for name, share in summary["self_time_by_library_share_of_busy"][:8]
             )
             lines.append(f"- *{process}* ({cpu_ms:.2f} ms CPU per reply). By library: {libs}.")
+        focus = profile["processes"]["ai_worker"].get("focus", [])
+        if focus:
+            cpu_ms = profile["processes"]["ai_worker"].get("cpu_ms_per_reply", 0.0)
+            lines += [
+                "",
+                "The AI worker's Python work by activity (inclusive: each with what it calls), "
+                "share of its samples and the ms of CPU per reply that share stands for:",
+                "",
+                "| function | what | share | ms/reply |",
+                "| --- | --- | ---: | ---: |",
+            ]
+            lines += [
+                f"| `{item['function']}` | {item['label']} | {item['share']:.1%} | "
+                f"{item['share'] * cpu_ms:.2f} |"
+                for item in focus
+            ]
         lines.append("")
     return "\n".join(lines)
 
