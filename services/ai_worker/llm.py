@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
+import orjson
 import structlog
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import Counter, Histogram
@@ -34,12 +35,27 @@ LLM_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
 
+
+class StreamError(Exception):
+    """The provider reported an error inside a stream it had started (an `error` chunk)."""
+
+
 _RETRYABLE: dict[type[Exception], str] = {
     openai.RateLimitError: "rate_limited",
     openai.InternalServerError: "server_error",
+    StreamError: "server_error",
     openai.APITimeoutError: "timeout",
     openai.APIConnectionError: "connection",
 }
+# The packages of the SDK's HTTP stack (it ships its own httpx fork): what they raise while the
+# stream is read (a dropped connection, a read timeout) is a connection error of the call.
+_TRANSPORT_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "h11", "anyio"})
+
+
+def _as_sdk_error(exc: Exception, request: Any) -> openai.APIConnectionError:
+    if "Timeout" in type(exc).__name__:
+        return openai.APITimeoutError(request=request)
+    return openai.APIConnectionError(message=f"{type(exc).__name__}: {exc}", request=request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +123,32 @@ class LLMClient:
             started = time.perf_counter()
             received = _Received()
             try:
-                stream = self._client.chat.completions.create(
+                # The SDK makes the request (auth, headers, status errors); the stream's chunks
+                # are read as plain JSON: building an SDK model per chunk cost ~2 ms a reply.
+                with self._client.chat.completions.with_streaming_response.create(
                     model=model,
                     messages=cast("list[ChatCompletionMessageParam]", list(messages)),
                     temperature=temperature,
                     max_tokens=max_tokens,
                     stream=True,
                     stream_options={"include_usage": True},
-                )
-                try:
-                    for chunk in stream:
-                        received.add(chunk, started, on_piece)
-                except Cancelled:
-                    stream.close()  # aborts the upstream call: no more tokens are paid for
-                    latency = time.perf_counter() - started
-                    return received.completion(model, latency, attempt, messages, cancelled=True)
+                ) as response:
+                    try:
+                        for chunk in _chunks(response.iter_lines()):
+                            received.add(chunk, started, on_piece)
+                    except Cancelled:
+                        # Leaving the block closes the response: the upstream call is aborted,
+                        # so no more tokens are paid for.
+                        latency = time.perf_counter() - started
+                        return received.completion(
+                            model, latency, attempt, messages, cancelled=True
+                        )
+                    except StreamError:
+                        raise
+                    except Exception as exc:
+                        if type(exc).__module__.split(".")[0] not in _TRANSPORT_PACKAGES:
+                            raise
+                        raise _as_sdk_error(exc, response.http_request) from exc
             except tuple(_RETRYABLE) as exc:
                 if received.pieces and on_restart is not None:
                     on_restart()
@@ -175,21 +202,45 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
+def _chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of an OpenAI-style Server-Sent Events stream, up to `[DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, `event:` lines
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamError(f"a malformed chunk in the stream: {data[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise StreamError(f"error in the stream: {message}")
+        yield chunk
+
+
 class _Received:
     """What one streamed call produced so far."""
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
-        self.usage: Any = None
+        self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.first_token_seconds: float | None = None
 
-    def add(self, chunk: Any, started: float, on_piece: Callable[[str], None] | None) -> None:
-        if getattr(chunk, "usage", None) is not None:
-            self.usage = chunk.usage
-        self.model = getattr(chunk, "model", None) or self.model
-        for choice in chunk.choices or ():
-            text = choice.delta.content if choice.delta is not None else None
+    def add(
+        self, chunk: dict[str, Any], started: float, on_piece: Callable[[str], None] | None
+    ) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        self.model = chunk.get("model") or self.model
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
             if not text:
                 continue
             if self.first_token_seconds is None:
@@ -209,10 +260,10 @@ class _Received:
     ) -> Completion:
         text = "".join(self.pieces)
         usage = self.usage
-        if usage is not None and usage.prompt_tokens is not None:
+        if usage is not None and usage.get("prompt_tokens") is not None:
             input_tokens, output_tokens = (
-                int(usage.prompt_tokens),
-                int(usage.completion_tokens or 0),
+                int(usage["prompt_tokens"]),
+                int(usage.get("completion_tokens") or 0),
             )
         else:
             # Servers that send no usage in streams (llama.cpp's): our own estimate.

@@ -11,16 +11,15 @@ from sqlalchemy import Connection, RowMapping, text
 from shared.events import validate_data
 
 
-def add_event(conn: Connection, event_type: str, *, user_id: int, data: dict[str, Any]) -> None:
-    """Writes an event (shared/events.py) to the outbox in the caller's transaction."""
-    conn.execute(
-        text("INSERT INTO chat.outbox (type, user_id, data) VALUES (:type, :uid, :data)"),
-        {
-            "type": event_type,
-            "uid": user_id,
-            "data": orjson.dumps(validate_data(event_type, data)).decode(),
-        },
-    )
+def add_events(conn: Connection, user_id: int, *events: tuple[str, dict[str, Any]]) -> None:
+    """Writes events (shared/events.py: type and data) to the outbox in the caller's
+    transaction, in one statement, in the order given."""
+    values = ", ".join(f"(:type{i}, :uid, CAST(:data{i} AS jsonb))" for i in range(len(events)))
+    params: dict[str, Any] = {"uid": user_id}
+    for i, (event_type, data) in enumerate(events):
+        params[f"type{i}"] = event_type
+        params[f"data{i}"] = orjson.dumps(validate_data(event_type, data)).decode()
+    conn.execute(text(f"INSERT INTO chat.outbox (type, user_id, data) VALUES {values}"), params)
 
 
 def start_job(conn: Connection, job_id: int) -> RowMapping | None:
@@ -202,36 +201,29 @@ def store_reply(
             "batch": job["batch_id"],
         },
     )
-    add_event(
-        conn,
-        "message.created",
-        user_id=job["user_id"],
-        data={
-            "conversation_id": job["conversation_id"],
-            "message_id": message_id,
-            "sender": "agent",
-            "agent_id": agent_id,
-            "created_at": created_at,
-        },
-    )
-    add_event(
-        conn,
-        "ai.reply.completed",
-        user_id=job["user_id"],
-        data={
-            "job_id": job["id"],
-            "conversation_id": job["conversation_id"],
-            "agent_id": agent_id,
-            "model": model,
-            "status": status,
-            "message_id": message_id,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost": cost,
-            "processing_time": processing_time,
-            "time_to_first_token": time_to_first_token,
-            "batch_id": job["batch_id"],
-        },
+    completed = {
+        "job_id": job["id"],
+        "conversation_id": job["conversation_id"],
+        "agent_id": agent_id,
+        "model": model,
+        "status": status,
+        "message_id": message_id,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost": cost,
+        "processing_time": processing_time,
+        "time_to_first_token": time_to_first_token,
+        "batch_id": job["batch_id"],
+    }
+    message = {
+        "conversation_id": job["conversation_id"],
+        "message_id": message_id,
+        "sender": "agent",
+        "agent_id": agent_id,
+        "created_at": created_at,
+    }
+    add_events(
+        conn, job["user_id"], ("message.created", message), ("ai.reply.completed", completed)
     )
     return int(message_id)
 
@@ -240,19 +232,15 @@ _FAILED_JOB = "id, user_id, conversation_id, agent_id, model, error_code, batch_
 
 
 def _failed_event(conn: Connection, job: RowMapping) -> None:
-    add_event(
-        conn,
-        "ai.reply.failed",
-        user_id=job["user_id"],
-        data={
-            "job_id": job["id"],
-            "conversation_id": job["conversation_id"],
-            "agent_id": job["agent_id"],
-            "model": job["model"],
-            "error_code": job["error_code"],
-            "batch_id": job["batch_id"],
-        },
-    )
+    data = {
+        "job_id": job["id"],
+        "conversation_id": job["conversation_id"],
+        "agent_id": job["agent_id"],
+        "model": job["model"],
+        "error_code": job["error_code"],
+        "batch_id": job["batch_id"],
+    }
+    add_events(conn, job["user_id"], ("ai.reply.failed", data))
 
 
 def fail_job(conn: Connection, *, job_id: int, code: str, error: str) -> bool:
