@@ -86,18 +86,41 @@ class JobRunner:
             await self._redis.expire(job_stream_key(self._prefix, job_id), JOB_STREAM_TTL_SECONDS)
             await self._redis.publish(job_done_channel(self._prefix, job_id), outcome)
 
-    async def wait(
-        self, job_id: int, *, within_seconds: float, is_final: Callable[[], Awaitable[bool]]
-    ) -> bool:
-        """True once `is_final()` says the job finished; False after `within_seconds`."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
+    def expect(self, job_id: int) -> asyncio.Future[str]:
+        """Registers a waiter for the job's end; call it before the job is sent, so the
+        announcement cannot come first, and hand the future to `wait` (or to `forget`)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, set()).add(future)
+        return future
+
+    def forget(self, job_id: int, future: asyncio.Future[str]) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[job_id]
+
+    async def wait(
+        self,
+        job_id: int,
+        *,
+        within_seconds: float,
+        is_final: Callable[[], Awaitable[bool]],
+        expected: asyncio.Future[str] | None = None,
+    ) -> bool:
+        """True once the job finished (announced, or `is_final()` says so); False after
+        `within_seconds`. With a future from `expect` (registered before the job was sent)
+        the announcement alone answers: no read of the job unless it is late."""
+        loop = asyncio.get_running_loop()
+        future = expected if expected is not None else self.expect(job_id)
+        # A waiter registered after the send may have missed the announcement: look first.
+        look = expected is None
         deadline = loop.time() + within_seconds
         try:
             while True:
-                if await is_final():
+                if future.done() or (look and await is_final()):
                     return True
+                look = True
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
@@ -106,11 +129,7 @@ class JobRunner:
                         asyncio.shield(future), timeout=min(remaining, FALLBACK_POLL_SECONDS)
                     )
         finally:
-            waiters = self._waiters.get(job_id)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._waiters[job_id]
+            self.forget(job_id, future)
 
     async def _listen(self) -> None:
         delay = 0.1

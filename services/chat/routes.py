@@ -414,13 +414,21 @@ async def _enqueue_and_answer(
     settings: ChatSettings = request.app.state.settings
     jobs: JobRunner = request.app.state.jobs
     job_id = int(created.data["job_id"])
+    respond_async = prefer is not None and "respond-async" in prefer.lower()
+    # A fresh job answered in this request: listen for its end before sending it.
+    expected = jobs.expect(job_id) if not (stream or respond_async or created.replayed) else None
     if not created.replayed:
         # After the commit, so the worker finds the row; a job whose publish is lost (a crash
         # right here) stays queued until the sweeper re-sends it.
-        await jobs.enqueue(job_id)
+        try:
+            await jobs.enqueue(job_id)
+        except BaseException:
+            if expected is not None:
+                jobs.forget(job_id, expected)
+            raise
     if stream:
         return _job_events(request, user, db, job_id, after="0-0", job=created.data["job"])
-    if prefer is not None and "respond-async" in prefer.lower():
+    if respond_async:
         return ok(
             created.data["job"],
             "AI job queued",
@@ -431,6 +439,7 @@ async def _enqueue_and_answer(
         job_id,
         within_seconds=settings.ai_wait_timeout_seconds,
         is_final=lambda: ai_service.is_final(db, user, job_id),
+        expected=expected,
     )
     if not finished:
         raise AIReplyFailed(
