@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -97,11 +98,12 @@ def store_reply(
     cost: Decimal,
     processing_time: float,
     time_to_first_token: float | None,
+    session_idle: timedelta,
     status: str = "completed",
 ) -> int | None:
-    """In the caller's transaction: the agent message, the conversation's counters, the job's
-    outcome and the usage record. None when this job's reply was stored already (the unique
-    `messages.ai_job_id` guard), in which case nothing is written."""
+    """In the caller's transaction: the agent message, the conversation's counters and session,
+    the job's outcome and the usage record. None when this job's reply was stored already (the
+    unique `messages.ai_job_id` guard), in which case nothing is written."""
     # Lock the conversation first: message times then follow commit order, as for user posts.
     locked = conn.execute(
         text("SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE"),
@@ -133,6 +135,9 @@ def store_reply(
     if inserted is None:
         return None
     message_id, created_at = inserted
+    record_session_activity(
+        conn, conversation_id=job["conversation_id"], at=created_at, idle_gap=session_idle
+    )
     if job["regenerates_message_id"] is not None:
         # The earlier reply stays in the history, marked as replaced.
         conn.execute(
@@ -226,6 +231,17 @@ def store_reply(
         conn, job["user_id"], ("message.created", message), ("ai.reply.completed", completed)
     )
     return int(message_id)
+
+
+def record_session_activity(
+    conn: Connection, *, conversation_id: int, at: datetime, idle_gap: timedelta
+) -> None:
+    """Counts a message into the conversation's sessions: the chat service's rule, one SQL
+    function (chat migration 0006) for both writers of messages."""
+    conn.execute(
+        text("SELECT chat.record_session_activity(:cid, :at, :gap)"),
+        {"cid": conversation_id, "at": at, "gap": idle_gap},
+    )
 
 
 _FAILED_JOB = "id, user_id, conversation_id, agent_id, model, error_code, batch_id"

@@ -183,6 +183,7 @@ class ReplyService:
                 cost=cost,
                 processing_time=elapsed,
                 time_to_first_token=completion.time_to_first_token_seconds,
+                session_idle=self.settings.session_idle,
                 status="incomplete" if completion.cancelled else "completed",
             )
         if message_id is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -47,6 +49,16 @@ class WorkerSettings(ServiceSettings):
     # is sent again (its first publish may have been lost with a crashed chat process).
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     requeue_after_seconds: int = Field(default=120, ge=1)
+
+    # The session idle gap of chat_session_history: the chat service's own variable, read here
+    # too, so agent replies and user messages are grouped into sessions by the same gap.
+    session_idle_minutes: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("CHAT_SESSION_IDLE_MINUTES")
+    )
+
+    @property
+    def session_idle(self) -> timedelta:
+        return timedelta(minutes=self.session_idle_minutes)
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> WorkerSettings:

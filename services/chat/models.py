@@ -92,6 +92,8 @@ class Conversation(Base):
     is_archived: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     is_pinned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     total_messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # The seed's column, kept but unused: the API's unread_count is derived from the read pointer
+    # (ConversationRead) at read time, not kept as a counter every reply would have to bump.
     unread_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
@@ -105,6 +107,13 @@ class Message(Base):
         # A conversation's messages, newest first (keyset order).
         Index("ix_messages_conversation_id_id", "conversation_id", text("id DESC")),
         Index("ix_messages_search_vector", "search_vector", postgresql_using="gin"),
+        # Unread counts: a conversation's agent messages after the read pointer.
+        Index(
+            "ix_messages_agent_conversation_id_id",
+            "conversation_id",
+            "id",
+            postgresql_where=text("sender = 'agent'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -139,12 +148,35 @@ class MessageAttachment(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class ConversationRead(Base):
+    """The owner's read pointer: the last message of the conversation they have read."""
+
+    __tablename__ = "conversation_reads"
+
+    conversation_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("chat.conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_read_message_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    read_at: Mapped[datetime] = _created()
+
+
 class ChatSessionHistory(Base):
+    """Filled by chat.record_session_activity (migration 0006) on every message insert."""
+
     __tablename__ = "chat_session_history"
+    __table_args__ = (
+        # The latest session of a conversation; the sessions endpoint's newest-first order.
+        Index(
+            "ix_chat_session_history_conversation_start",
+            "conversation_id",
+            text("session_start DESC"),
+            text("id DESC"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("chat.conversations.id", ondelete="CASCADE"), nullable=False, index=True
+        Integer, ForeignKey("chat.conversations.id", ondelete="CASCADE"), nullable=False
     )
     session_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     session_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -171,6 +203,7 @@ __all__ = [
     "Base",
     "ChatSessionHistory",
     "Conversation",
+    "ConversationRead",
     "IdempotencyKey",
     "Message",
     "MessageAttachment",

@@ -7,7 +7,7 @@ indistinguishable from a missing one, so the service answers 404 for both.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,9 +19,28 @@ from shared.events import validate_data
 
 Record = asyncpg.Record
 
+# The seed's `conversations.unread_count` column is never read or written: the API's
+# unread_count is derived from the owner's read pointer (chat.conversation_reads) by
+# _WITH_UNREAD_COUNT, so a reply does not have to bump a counter on a hot row.
 _CONVERSATION_COLUMNS = """
     id, title, user_id, agent_id, conversation_type, status, is_archived, is_pinned,
-    total_messages, unread_count, last_message_at, created_at, updated_at
+    total_messages, last_message_at, created_at, updated_at
+"""
+# A conversation as the API answers it, from rows aliased `c` joined _WITH_UNREAD_COUNT.
+_CONVERSATION_PUBLIC = """
+    c.id, c.title, c.user_id, c.agent_id, c.conversation_type, c.status, c.is_archived,
+    c.is_pinned, c.total_messages, u.unread_count, c.last_message_at, c.created_at, c.updated_at
+"""
+# unread_count: the conversation's agent messages after the read pointer (all of them without
+# one). A range scan of the partial index ix_messages_agent_conversation_id_id per conversation,
+# in the same statement as the conversations: no round trip per row.
+_WITH_UNREAD_COUNT = """
+    LEFT JOIN chat.conversation_reads r ON r.conversation_id = c.id
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS unread_count FROM chat.messages m
+        WHERE m.conversation_id = c.id AND m.sender = 'agent'
+          AND m.id > COALESCE(r.last_read_message_id, 0)
+    ) u
 """
 _MESSAGE_COLUMNS = """
     id, conversation_id, content, content_type, sender, message_type, status, tokens_used,
@@ -47,18 +66,24 @@ async def list_conversations(
     archived: bool | None,
 ) -> tuple[list[Record], int]:
     """One page in the order pinned first, newest first (`limit + 1` rows tell if more follow),
-    and the total. The count rides along as an uncorrelated subquery: one round trip, not two."""
+    and the total. The count rides along as an uncorrelated subquery: one round trip, not two.
+    Unread counts are joined to the page once it is cut, so skipped rows cost nothing."""
     rows = await conn.fetch(
         f"""
-        SELECT {_CONVERSATION_COLUMNS},
-               (SELECT count(*) FROM chat.conversations
-                WHERE user_id = $1 AND ($2::bool IS NULL OR is_archived = $2)) AS total
-        FROM chat.conversations
-        WHERE user_id = $1
-          AND ($2::bool IS NULL OR is_archived = $2)
-          AND ($3::bool IS NULL OR (is_pinned, id) < ($3::bool, $4::int))
-        ORDER BY is_pinned DESC, id DESC
-        LIMIT $5 OFFSET $6
+        SELECT {_CONVERSATION_PUBLIC}, c.total
+        FROM (
+            SELECT {_CONVERSATION_COLUMNS},
+                   (SELECT count(*) FROM chat.conversations
+                    WHERE user_id = $1 AND ($2::bool IS NULL OR is_archived = $2)) AS total
+            FROM chat.conversations
+            WHERE user_id = $1
+              AND ($2::bool IS NULL OR is_archived = $2)
+              AND ($3::bool IS NULL OR (is_pinned, id) < ($3::bool, $4::int))
+            ORDER BY is_pinned DESC, id DESC
+            LIMIT $5 OFFSET $6
+        ) c
+        {_WITH_UNREAD_COUNT}
+        ORDER BY c.is_pinned DESC, c.id DESC
         """,
         user_id,
         archived,
@@ -86,10 +111,23 @@ async def count_conversations(conn: Conn, *, user_id: int, archived: bool | None
 
 async def get_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
     return await conn.fetchrow(
-        f"SELECT {_CONVERSATION_COLUMNS} FROM chat.conversations WHERE id = $1 AND user_id = $2",
+        f"""
+        SELECT {_CONVERSATION_PUBLIC} FROM chat.conversations c {_WITH_UNREAD_COUNT}
+        WHERE c.id = $1 AND c.user_id = $2
+        """,
         conversation_id,
         user_id,
     )
+
+
+async def owns_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> bool:
+    """Whether the conversation exists and is theirs (for routes that show only its parts)."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM chat.conversations WHERE id = $1 AND user_id = $2",
+        conversation_id,
+        user_id,
+    )
+    return found is not None
 
 
 async def insert_conversation(
@@ -102,9 +140,12 @@ async def insert_conversation(
 ) -> Record:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO chat.conversations (title, user_id, agent_id, conversation_type)
-        VALUES ($1, $2, $3, $4)
-        RETURNING {_CONVERSATION_COLUMNS}
+        WITH c AS (
+            INSERT INTO chat.conversations (title, user_id, agent_id, conversation_type)
+            VALUES ($1, $2, $3, $4)
+            RETURNING {_CONVERSATION_COLUMNS}
+        )
+        SELECT {_CONVERSATION_PUBLIC} FROM c {_WITH_UNREAD_COUNT}
         """,
         title,
         user_id,
@@ -125,9 +166,12 @@ async def update_conversation(
     assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=3))
     return await conn.fetchrow(
         f"""
-        UPDATE chat.conversations SET {assignments}, updated_at = now()
-        WHERE id = $1 AND user_id = $2
-        RETURNING {_CONVERSATION_COLUMNS}
+        WITH c AS (
+            UPDATE chat.conversations SET {assignments}, updated_at = now()
+            WHERE id = $1 AND user_id = $2
+            RETURNING {_CONVERSATION_COLUMNS}
+        )
+        SELECT {_CONVERSATION_PUBLIC} FROM c {_WITH_UNREAD_COUNT}
         """,
         conversation_id,
         user_id,
@@ -162,6 +206,108 @@ async def record_new_message(conn: Conn, *, user_id: int, conversation_id: int) 
         conversation_id,
         user_id,
     )
+
+
+# --- read state and sessions ----------------------------------------------------------------------
+
+
+async def read_target(
+    conn: Conn, *, user_id: int, conversation_id: int, message_id: int | None
+) -> Record | None:
+    """The caller's conversation with its latest message's id and, when `message_id` is given,
+    that message's id if it belongs to the conversation (else null); None when the conversation
+    is missing or not theirs. The key-share lock keeps it from being deleted until commit, so
+    the pointer written next always has its conversation."""
+    return await conn.fetchrow(
+        """
+        SELECT c.id,
+               (SELECT max(m.id) FROM chat.messages m WHERE m.conversation_id = c.id)
+                   AS latest_message_id,
+               (SELECT m.id FROM chat.messages m WHERE m.id = $3 AND m.conversation_id = c.id)
+                   AS message_id
+        FROM chat.conversations c
+        WHERE c.id = $1 AND c.user_id = $2
+        FOR KEY SHARE OF c
+        """,
+        conversation_id,
+        user_id,
+        message_id,
+    )
+
+
+async def advance_read_pointer(conn: Conn, *, conversation_id: int, message_id: int) -> bool:
+    """Moves the read pointer forward to `message_id`; never back. True when it moved.
+    One statement, so concurrent marks cannot move it backwards either."""
+    moved = await conn.fetchval(
+        """
+        INSERT INTO chat.conversation_reads (conversation_id, last_read_message_id)
+        VALUES ($1, $2)
+        ON CONFLICT (conversation_id) DO UPDATE
+            SET last_read_message_id = EXCLUDED.last_read_message_id, read_at = now()
+            WHERE chat.conversation_reads.last_read_message_id
+                  < EXCLUDED.last_read_message_id
+        RETURNING 1
+        """,
+        conversation_id,
+        message_id,
+    )
+    return moved is not None
+
+
+async def read_state(conn: Conn, *, conversation_id: int) -> Record:
+    """The conversation's read pointer (null before the first mark) and unread count."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT r.last_read_message_id, u.unread_count
+        FROM chat.conversations c {_WITH_UNREAD_COUNT}
+        WHERE c.id = $1
+        """,
+        conversation_id,
+    )
+    assert row is not None
+    return row
+
+
+async def record_session_activity(
+    conn: Conn, *, conversation_id: int, at: datetime, idle_gap: timedelta
+) -> None:
+    """Counts a message at `at` into the conversation's sessions (the rule is the SQL function
+    of migration 0006, shared with the AI worker). Call it in the message's transaction."""
+    await conn.execute(
+        "SELECT chat.record_session_activity($1, $2, $3)", conversation_id, at, idle_gap
+    )
+
+
+_SESSION_COLUMNS = """
+    id, conversation_id, session_start, session_end, messages_count, duration_minutes, created_at
+"""
+
+
+async def list_sessions(
+    conn: Conn, *, conversation_id: int, limit: int, offset: int
+) -> tuple[list[Record], int]:
+    """One page of the conversation's sessions, newest first, and their total."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_SESSION_COLUMNS},
+               (SELECT count(*) FROM chat.chat_session_history WHERE conversation_id = $1)
+                   AS total
+        FROM chat.chat_session_history
+        WHERE conversation_id = $1
+        ORDER BY session_start DESC, id DESC
+        LIMIT $2 OFFSET $3
+        """,
+        conversation_id,
+        limit,
+        offset,
+    )
+    if rows:
+        return list(rows), int(rows[0]["total"])
+    total = await conn.fetchval(
+        "SELECT count(*) FROM chat.chat_session_history WHERE conversation_id = $1",
+        conversation_id,
+    )
+    return [], int(total)
 
 
 # --- the outbox ----------------------------------------------------------------------------------

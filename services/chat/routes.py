@@ -29,13 +29,16 @@ from services.chat.schemas import (
     ConversationUpdate,
     Envelope,
     JobPublic,
+    MarkRead,
     MessageCreate,
     MessageCreated,
     MessageList,
+    ReadState,
     RegenerationCreate,
     RegenerationEstimate,
     RegenerationResume,
     SearchResults,
+    SessionList,
     error_responses,
 )
 from services.chat.service import (
@@ -154,6 +157,50 @@ async def delete_conversation(
     )
 
 
+# --- read state and sessions ---------------------------------------------------------------------
+
+
+@router.post(
+    "/conversations/{conversation_id}/read",
+    response_model=Envelope[ReadState],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def mark_conversation_read(
+    conversation_id: ConversationId,
+    user: CurrentUser,
+    write: Idempotent,
+    body: MarkRead | None = None,
+) -> Response:
+    """Mark the conversation read up to a message (default: its latest). The read pointer only
+    moves forward: marking an earlier message changes nothing. Answers the pointer and the
+    unread count (agent messages after it)."""
+    return await write(
+        lambda c: conversation_service.mark_read(c, user, conversation_id, body or MarkRead()),
+        message="Conversation marked read",
+    )
+
+
+@router.get(
+    "/conversations/{conversation_id}/sessions",
+    response_model=Envelope[SessionList],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def list_sessions(
+    conversation_id: ConversationId,
+    user: CurrentUser,
+    db: Database,
+    limit: Limit = 20,
+    offset: Offset = 0,
+) -> Response:
+    """The conversation's sessions, newest first: bursts of messages with no gap of
+    CHAT_SESSION_IDLE_MINUTES or more between them, with their message count and duration."""
+    async with db.acquire() as conn:
+        data = await conversation_service.sessions(
+            conn, user, conversation_id, limit=limit, offset=offset
+        )
+    return ok(data, f"Found {data['total']} sessions")
+
+
 # --- messages ------------------------------------------------------------------------------------
 
 
@@ -192,10 +239,14 @@ async def add_message(
     body: MessageCreate,
     user: CurrentUser,
     write: Idempotent,
+    request: Request,
 ) -> Response:
     """Add a message to a conversation (users post as `user`)."""
+    settings: ChatSettings = request.app.state.settings
     return await write(
-        lambda c: message_service.add(c, user, conversation_id, body),
+        lambda c: message_service.add(
+            c, user, conversation_id, body, session_idle=settings.session_idle
+        ),
         message="Message added successfully",
         status_code=201,
     )
@@ -355,6 +406,7 @@ async def generate_ai_response(
             body,
             deadline_seconds=settings.ai_job_deadline_seconds,
             quota=_quota(settings),
+            session_idle=settings.session_idle,
         ),
         message="AI job queued",
         status_code=202,

@@ -80,7 +80,10 @@ class ConversationSummary(BaseModel):
     is_archived: bool
     is_pinned: bool
     total_messages: int
-    unread_count: int
+    unread_count: int = Field(
+        description="Agent messages after the owner's read pointer (all of them before the "
+        "first POST .../read)"
+    )
     last_message_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -99,6 +102,46 @@ class ConversationList(BaseModel):
 
 class ConversationRef(BaseModel):
     conversation_id: int
+
+
+# --- read state and sessions ----------------------------------------------------------------------
+
+
+class MarkRead(StrictBody):
+    message_id: int | None = Field(
+        default=None,
+        gt=0,
+        lt=2**31,
+        description="Read up to and including this message of the conversation; default: its "
+        "latest message",
+    )
+
+
+class ReadState(BaseModel):
+    conversation_id: int
+    last_read_message_id: int | None = Field(
+        description="The read pointer: the last message read (null while nothing was marked)"
+    )
+    unread_count: int
+
+
+class SessionPublic(BaseModel):
+    id: int
+    conversation_id: int
+    session_start: datetime = Field(description="Time of the session's first message")
+    session_end: datetime | None = Field(description="Time of its latest message")
+    messages_count: int
+    duration_minutes: int | None = Field(
+        description="Whole minutes from start to end, rounded down"
+    )
+    created_at: datetime
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionPublic]
+    total: int
+    limit: int
+    offset: int
 
 
 # --- messages ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from services.chat.schemas import (
     AIResponseRequest,
     ConversationCreate,
     ConversationUpdate,
+    MarkRead,
     MessageCreate,
 )
 from shared.db.pool import Conn
@@ -163,6 +164,61 @@ class ConversationService:
         )
         return {"conversation_id": conversation_id}
 
+    async def mark_read(
+        self, conn: Conn, user: Principal, conversation_id: int, body: MarkRead
+    ) -> dict[str, Any]:
+        """Moves the owner's read pointer forward to the given message (default: the latest);
+        a pointer already past it stays. The event is written only when the pointer moved."""
+        target = await repo.read_target(
+            conn, user_id=user.user_id, conversation_id=conversation_id, message_id=body.message_id
+        )
+        if target is None:
+            raise _conversation_not_found(conversation_id)
+        if body.message_id is not None and target["message_id"] is None:
+            raise ValidationFailed(
+                f"message_id: message {body.message_id} is not in conversation {conversation_id}",
+                details=[
+                    {
+                        "loc": ["body", "message_id"],
+                        "msg": "no such message in this conversation",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        read_up_to = target["message_id"] or target["latest_message_id"]
+        if read_up_to is not None and await repo.advance_read_pointer(
+            conn, conversation_id=conversation_id, message_id=read_up_to
+        ):
+            await repo.add_event(
+                conn,
+                "conversation.read",
+                user_id=user.user_id,
+                data={"conversation_id": conversation_id, "last_read_message_id": read_up_to},
+            )
+        state = await repo.read_state(conn, conversation_id=conversation_id)
+        return {
+            "conversation_id": conversation_id,
+            "last_read_message_id": state["last_read_message_id"],
+            "unread_count": state["unread_count"],
+        }
+
+    async def sessions(
+        self, conn: Conn, user: Principal, conversation_id: int, *, limit: int, offset: int
+    ) -> dict[str, Any]:
+        if not await repo.owns_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
+        ):
+            raise _conversation_not_found(conversation_id)
+        rows, total = await repo.list_sessions(
+            conn, conversation_id=conversation_id, limit=limit, offset=offset
+        )
+        return {
+            "sessions": [_page_row(row) for row in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
 
 class MessageService:
     async def list(
@@ -178,9 +234,8 @@ class MessageService:
     ) -> dict[str, Any]:
         check_cursor_with_offset(cursor, offset)
         after = decode_message_cursor(cursor, order) if cursor else None
-        if (
-            await repo.get_conversation(conn, user_id=user.user_id, conversation_id=conversation_id)
-            is None
+        if not await repo.owns_conversation(
+            conn, user_id=user.user_id, conversation_id=conversation_id
         ):
             raise _conversation_not_found(conversation_id)
         rows, total = await repo.list_messages(
@@ -208,6 +263,8 @@ class MessageService:
         user: Principal,
         conversation_id: int,
         body: MessageCreate,
+        *,
+        session_idle: timedelta,
     ) -> dict[str, Any]:
         if body.sender_type == "agent" and not user.is_admin:
             raise Forbidden("Only agents (the AI worker) and administrators post agent messages")
@@ -225,6 +282,9 @@ class MessageService:
             content_type=body.content_type,
             message_type=body.message_type,
             at=counted["last_message_at"],
+        )
+        await repo.record_session_activity(
+            conn, conversation_id=conversation_id, at=row["created_at"], idle_gap=session_idle
         )
         await repo.add_event(
             conn,
@@ -401,6 +461,7 @@ class AIService:
         *,
         deadline_seconds: int,
         quota: AIQuota,
+        session_idle: timedelta,
     ) -> dict[str, Any]:
         """Stores the job (and the user's message first, unless it is already the latest one,
         so the history stays whole); the caller commits, then enqueues."""
@@ -427,6 +488,12 @@ class AIService:
                 content_type="text",
                 message_type="text",
                 at=counted["last_message_at"],
+            )
+            await repo.record_session_activity(
+                conn,
+                conversation_id=conversation_id,
+                at=message["created_at"],
+                idle_gap=session_idle,
             )
             prompt_message_id = message["id"]
             await repo.add_event(

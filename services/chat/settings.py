@@ -4,6 +4,8 @@ JWT_*).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -30,3 +32,11 @@ class ChatSettings(ServiceSettings):
     ai_daily_token_limit: int = Field(default=1_000_000, ge=1)
     # In the agents' price units; 0 disables the cost quota.
     ai_daily_cost_limit: float = Field(default=0.0, ge=0)
+    # Sessions (chat_session_history): a message this long or longer after the conversation's
+    # latest session ended starts a new one. Fractions of a minute are allowed. The AI worker
+    # reads the same variable (CHAT_SESSION_IDLE_MINUTES), so both writers apply one gap.
+    session_idle_minutes: float = Field(default=30.0, gt=0)
+
+    @property
+    def session_idle(self) -> timedelta:
+        return timedelta(minutes=self.session_idle_minutes)

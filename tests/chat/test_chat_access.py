@@ -30,6 +30,9 @@ from tests.harness import User
         ("DELETE", "", None),
         ("GET", "/messages", None),
         ("POST", "/messages", {"content": "intruder"}),
+        ("POST", "/read", None),
+        ("POST", "/read", {"message_id": 1}),
+        ("GET", "/sessions", None),
     ],
 )
 def test_other_users_conversation_is_404_and_unchanged(

@@ -360,7 +360,7 @@ def test_delete_removes_the_conversation(http: httpx.Client, alice: User) -> Non
     assert conversation_ids(http, alice) == [kept["id"]]
 
 
-def test_delete_cascades_to_messages_attachments_and_sessions(
+def test_delete_cascades_to_messages_attachments_sessions_and_read_state(
     http: httpx.Client, alice: User, db: psycopg.Connection
 ) -> None:
     conversation = create_conversation(http, alice)
@@ -375,31 +375,27 @@ def test_delete_cascades_to_messages_attachments_and_sessions(
             """,
             (message_id,),
         )
+    # Posting the messages recorded a session each; marking read leaves a read pointer.
     for conversation_id in (conversation["id"], other["id"]):
-        db.execute(
-            """
-            INSERT INTO chat.chat_session_history (conversation_id, session_start, messages_count)
-            VALUES (%s, now(), 3)
-            """,
-            (conversation_id,),
-        )
+        ok_data(http.post(f"/chat/conversations/{conversation_id}/read", headers=alice.headers))
 
-    def counts(conversation_id: int, ids: list[int]) -> tuple[int, int, int, int]:
+    def counts(conversation_id: int, ids: list[int]) -> tuple[int, int, int, int, int]:
         row = db.execute(
             """
             SELECT
               (SELECT count(*) FROM chat.conversations WHERE id = %(c)s),
               (SELECT count(*) FROM chat.messages WHERE conversation_id = %(c)s),
               (SELECT count(*) FROM chat.message_attachments WHERE message_id = ANY(%(m)s)),
-              (SELECT count(*) FROM chat.chat_session_history WHERE conversation_id = %(c)s)
+              (SELECT count(*) FROM chat.chat_session_history WHERE conversation_id = %(c)s),
+              (SELECT count(*) FROM chat.conversation_reads WHERE conversation_id = %(c)s)
             """,
             {"c": conversation_id, "m": ids},
         ).fetchone()
         assert row is not None
         return tuple(int(v) for v in row)  # type: ignore[return-value]
 
-    assert counts(conversation["id"], message_ids) == (1, 3, 3, 1)
+    assert counts(conversation["id"], message_ids) == (1, 3, 3, 1, 1)
     ok_data(http.delete(f"/chat/conversations/{conversation['id']}", headers=alice.headers))
-    assert counts(conversation["id"], message_ids) == (0, 0, 0, 0)
+    assert counts(conversation["id"], message_ids) == (0, 0, 0, 0, 0)
     # The other conversation keeps everything.
-    assert counts(other["id"], [other_message]) == (1, 1, 1, 1)
+    assert counts(other["id"], [other_message]) == (1, 1, 1, 1, 1)
