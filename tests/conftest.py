@@ -108,7 +108,7 @@ def _start_stack(
         CHAT_WEBHOOKS_MAX_ATTEMPTS="4",
         CHAT_WEBHOOKS_TIMEOUT_SECONDS="1",
         CHAT_WEBHOOKS_POLL_SECONDS="0.05",
-        CHAT_WEBHOOKS_CONCURRENCY="4",
+        CHAT_WEBHOOKS_CONCURRENCY="2",
     )
     assign_ports(env, SERVICES, free=True)
     run_migrations(env, log_dir)
