@@ -102,6 +102,13 @@ def _start_stack(
         CHAT_AI_WAIT_TIMEOUT_SECONDS="20",
         AI_WORKER_SWEEP_INTERVAL_SECONDS="0.5",
         AI_WORKER_REQUEUE_AFTER_SECONDS="5",
+        # Webhook retries within a test's patience: same schedule shape, tiny numbers.
+        CHAT_WEBHOOKS_BACKOFF_BASE_SECONDS="0.05",
+        CHAT_WEBHOOKS_BACKOFF_MAX_SECONDS="0.3",
+        CHAT_WEBHOOKS_MAX_ATTEMPTS="4",
+        CHAT_WEBHOOKS_TIMEOUT_SECONDS="1",
+        CHAT_WEBHOOKS_POLL_SECONDS="0.05",
+        CHAT_WEBHOOKS_CONCURRENCY="2",
     )
     assign_ports(env, SERVICES, free=True)
     run_migrations(env, log_dir)

@@ -46,13 +46,21 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("chat", "services.chat", "CHAT_PORT", 8001),
     ServiceSpec("analytics", "services.analytics", "ANALYTICS_PORT", 8002),
     ServiceSpec("gateway", "services.gateway", "GATEWAY_PORT", 8000),
-    # The outbox relay and the workers serve only their metrics over HTTP; answering there
-    # means they started.
+    # The outbox relay, the webhook sender and the workers serve only their metrics over HTTP;
+    # answering there means they started.
     ServiceSpec(
         "relay",
         "services.chat.relay",
         "CHAT_RELAY_METRICS_PORT",
         9102,
+        health_path="/metrics",
+        ready_path="/metrics",
+    ),
+    ServiceSpec(
+        "webhooks",
+        "services.chat.webhooks",
+        "CHAT_WEBHOOKS_METRICS_PORT",
+        9104,
         health_path="/metrics",
         ready_path="/metrics",
     ),

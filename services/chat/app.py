@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.chat.ai_jobs import JobRunner
 from services.chat.routes import router
 from services.chat.settings import ChatSettings
+from services.chat.webhooks.routes import router as webhook_router
 from shared.service_app import (
     check_postgres,
     check_redis,
@@ -58,6 +59,7 @@ def create_app(
         readiness=readiness,
     )
     app.include_router(router)
+    app.include_router(webhook_router)
     return app
 
 

@@ -1,0 +1,3 @@
+from services.chat.webhooks.process import main
+
+main()
