@@ -1,7 +1,7 @@
 """`python -m bench regen`: batch regeneration of agent replies (issue 3, target (b)).
 
-    python -m bench regen [--replies 1000] [--users 100] [--latency 0.1] [--concurrency 8]
-                          [--compare 4,16,32] [--rounds 3] [--pick best|median] [--warmup 40]
+    python -m bench regen [--replies 1000] [--users 100] [--latency 0.1] [--concurrency 4]
+                          [--compare 2,8,16] [--rounds 3] [--pick best|median] [--warmup 40]
                           [--poll 0.2] [--profile] [--keep] [--no-doc]
 
 Regenerates `--replies` agent replies (each in its own conversation, after its user's question)
@@ -87,12 +87,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency", type=float, default=0.1, help="seconds the stand-in LLM takes per reply"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=8,
-        help="the batch's concurrency the target is judged at (the API's default)",
+        "--concurrency", type=int, default=4,
+        help="the batch concurrency the target is judged at: 4, the largest whose limit (40 "
+        "replies/s) two cores could carry at the path's CPU cost (docs/benchmarks.md)",
     )  # fmt: skip
     parser.add_argument(
-        "--compare", type=_concurrencies, default=[4, 16, 32],
-        help="other concurrencies measured alongside, comma-separated ('' for none)",
+        "--compare", type=_concurrencies, default=[2, 8, 16],
+        help="other concurrencies measured alongside, comma-separated ('' for none; 8 is the "
+        "API's default)",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="batches per concurrency")
     parser.add_argument(
@@ -231,6 +233,8 @@ class Target:
     headers: dict[str, str]
     database_url: str
     poll: float
+    database: str
+    monitor_url: str  # another database of the server, so the lock sampler is not measured
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.gateway_url + path
@@ -280,6 +284,49 @@ def run_batch(
         batch = target.call("GET", f"/chat/admin/regenerations/{batch['id']}")
         polls += 1
     return {"sent": sent, "posted": posted, "seen": time.time(), "polls": polls, "batch": batch}
+
+
+class LockWaits(threading.Thread):
+    """Samples, every `INTERVAL` seconds, how many of the run's Postgres backends wait for a
+    lock (each top-up takes its batch's row lock) and how many are active."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, monitor_url: str, database: str) -> None:
+        super().__init__(name="lock-waits", daemon=True)
+        self._conn = psycopg.connect(monitor_url, autocommit=True)
+        self._database = database
+        self._done = threading.Event()
+        self.samples: list[tuple[int, int]] = []
+
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.INTERVAL):  # the sampling period
+                row = self._conn.execute(
+                    """
+                    SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
+                           count(*) FILTER (WHERE state = 'active')
+                    FROM pg_stat_activity WHERE datname = %s
+                    """,
+                    (self._database,),
+                ).fetchone()
+                if row is not None:
+                    self.samples.append((int(row[0]), int(row[1])))
+        finally:
+            self._conn.close()
+
+    def finish(self) -> dict[str, Any]:
+        self._done.set()
+        self.join(timeout=10)
+        waiting = [w for w, _ in self.samples] or [0]
+        active = [a for _, a in self.samples] or [0]
+        return {
+            "samples": len(self.samples),
+            "lock_waiters_mean": round(statistics.fmean(waiting), 2),
+            "lock_waiters_max": max(waiting),
+            "with_lock_waiter": round(sum(1 for w in waiting if w) / len(waiting), 3),
+            "active_mean": round(statistics.fmean(active), 2),
+        }
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -416,9 +463,14 @@ def measure_batch(
     timeout: float,
 ) -> dict[str, Any]:
     """One batch with the CPU each process used meanwhile (per reply) and the machine's load."""
-    before, busy_before, cpu_before = meter.snapshot(), machine_cpu(), time.process_time()
-    run = run_batch(target, selection, concurrency, key, timeout)
-    after, busy_after = meter.snapshot(), machine_cpu()
+    waits = LockWaits(target.monitor_url, target.database)
+    waits.start()
+    try:
+        before, busy_before, cpu_before = meter.snapshot(), machine_cpu(), time.process_time()
+        run = run_batch(target, selection, concurrency, key, timeout)
+        after, busy_after = meter.snapshot(), machine_cpu()
+    finally:
+        postgres = waits.finish()
     used = CpuMeter.delta(before, after)
     used["load generator"] = time.process_time() - cpu_before
     rows, created = _job_rows(target.database_url, run["batch"]["id"])
@@ -428,6 +480,7 @@ def measure_batch(
         concurrency=concurrency, latency=latency,
     )  # fmt: skip
     entry["stub_max_in_flight"] = orjson.loads(raw)["max_in_flight"] if status == 200 else None
+    entry["postgres_backends"] = postgres
     per_reply = max(1, entry["replies"])
     entry["cpu_ms_per_reply"] = {
         name: round(seconds * 1000 / per_reply, 3)
@@ -519,6 +572,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
             database_url,
             args.poll,
+            database,
+            servers.database_url("postgres"),
         )
         status, raw = http_get(stack.urls["stub"] + "/control", timeout=10.0)
         behaviour = orjson.loads(raw)["behaviour"] if status == 200 else {}

@@ -37,6 +37,13 @@ def _idle(idle: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.1f}" for name, ms in idle.items() if ms >= 0.05) or "none"
 
 
+def _locks(row: dict[str, Any]) -> str:
+    pg = row.get("postgres_backends")
+    if not pg:
+        return "-"
+    return f"{pg['lock_waiters_mean']:.2f}, {pg['lock_waiters_max']} ({pg['with_lock_waiter']:.0%})"
+
+
 def _cycle(row: dict[str, Any]) -> str:
     return _ms(row.get("cycle_ms"))
 
@@ -110,7 +117,8 @@ def print_table(result: dict[str, Any]) -> None:
         )
         print(
             f"  C={row['concurrency']}: {parts} (machine busy {row['machine_busy']:.0%}, "
-            f"other work {row['other_load']:.0%})"
+            f"other work {row['other_load']:.0%}; Postgres backends waiting for a lock: "
+            f"{_locks(row)})"
         )
     idle = result.get("idle_cpu_ms_per_second")
     if idle:
@@ -212,6 +220,11 @@ def section(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
         "| *machine busy* | " + " | ".join(f"{row['machine_busy']:.0%}" for row in rows) + " |"
+    )
+    lines.append(
+        "| *Postgres backends waiting for a lock: mean, max (share of 50 ms samples with one)* | "
+        + " | ".join(_locks(row) for row in rows)
+        + " |"
     )
     lines.append(
         "| *other work on the machine* | "
