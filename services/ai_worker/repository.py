@@ -416,10 +416,12 @@ def create_batch_jobs(
             ), created AS (
                 INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id,
                                           regenerates_message_id, model, include_context,
-                                          deadline_at, batch_id)
+                                          deadline_at, batch_id, created_at)
+                -- clock_timestamp(): the time the job exists, after the batch lock was granted
+                -- (now() is the transaction's start, possibly before the lock wait).
                 SELECT p.conversation_id, p.user_id, a.id, p.prompt_message_id, p.message_id,
                        COALESCE(a.model, 'default'), p.include_context,
-                       now() + make_interval(secs => :deadline), :batch
+                       now() + make_interval(secs => :deadline), :batch, clock_timestamp()
                 FROM picked p LEFT JOIN chat.agents a ON a.id = p.agent_id
                 ORDER BY p.message_id
                 RETURNING id, regenerates_message_id
