@@ -125,6 +125,20 @@ class MessageCreate(StrictBody):
         return value
 
 
+class AttachmentPublic(BaseModel):
+    id: int
+    file_name: str = Field(description="The uploaded name, cleaned of paths and control characters")
+    file_type: str = Field(description="The content type its bytes were verified to be")
+    file_size: int = Field(description="Bytes")
+    created_at: datetime
+    download_url: str = Field(description="GET it with the same token for the file's bytes")
+
+
+class AttachmentList(BaseModel):
+    attachments: list[AttachmentPublic]
+    total: int
+
+
 class MessagePublic(BaseModel):
     id: int
     conversation_id: int
@@ -137,6 +151,7 @@ class MessagePublic(BaseModel):
     processing_time: float | None
     created_at: datetime
     updated_at: datetime
+    attachments: list[AttachmentPublic] = Field(default_factory=list)
 
 
 class MessageList(BaseModel):
@@ -158,6 +173,24 @@ class MessageCreated(BaseModel):
     status: str
     created_at: datetime
     total_messages: int = Field(description="The conversation's message count after this one")
+
+
+class MessageRef(BaseModel):
+    message_id: int
+    conversation_id: int
+
+
+class MessageWithAttachments(MessageCreated):
+    attachments: list[AttachmentPublic]
+
+
+class ImportResult(BaseModel):
+    conversations: int
+    messages: int
+    attachments_skipped: int = Field(
+        description="Attachments listed in the export; a JSON export carries no file contents"
+    )
+    conversation_ids: list[int] = Field(description="The new conversations, in the file's order")
 
 
 # --- search --------------------------------------------------------------------------------------
