@@ -590,3 +590,29 @@ def test_a_text_file_in_the_history_counts_against_the_context_budget(
     assert (
         "[Attached file: big.txt (text/plain, 58.6 KiB): not included: over the context" in history
     )
+
+
+def test_s3_redirect_mode_answers_a_short_lived_presigned_url(
+    stack: Stack, s3_server: str, alice: User, bob: User
+) -> None:
+    """CHAT_S3_DOWNLOAD_MODE=redirect: the owner gets a 302 to a pre-signed URL that serves the
+    bytes; anyone else still gets 404."""
+    redirecting = _s3_store(
+        stack, s3_server, CHAT_S3_DOWNLOAD_MODE="redirect", CHAT_S3_PRESIGN_SECONDS="30"
+    )
+    with client(redirecting.gateway_url) as gw:
+        conversation = create_conversation(gw, alice)
+        body = png_bytes(5, 5)
+        created = ok_data(
+            upload(gw, alice, conversation["id"], [("files", ("r.png", body, "image/png"))]), 201
+        )
+        url = created["attachments"][0]["download_url"]
+        response = gw.get(url, headers=alice.headers)
+        assert response.status_code == 302, response.text
+        location = response.headers["location"]
+        assert location.startswith(s3_server) and "X-Amz-Expires=30" in location
+        assert "X-Amz-Signature=" in location
+        assert_error(gw.get(url, headers=bob.headers), 404)
+    direct = httpx.get(location, trust_env=False)
+    assert direct.status_code == 200 and direct.content == body
+    assert direct.headers["content-type"] == "image/png"
