@@ -404,7 +404,8 @@ def section(result: dict[str, Any]) -> str:
 
 
 def update_doc(result: dict[str, Any]) -> None:
-    report.rewrite_section(SECTION, section(result))
+    # The hand-written findings below the figures are kept.
+    report.rewrite_section(SECTION, section(result), keep="### Findings")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
