@@ -187,8 +187,9 @@ class MessageWithAttachments(MessageCreated):
 class ImportResult(BaseModel):
     conversations: int
     messages: int
+    attachments_restored: int = Field(description="Files restored from a ZIP archive")
     attachments_skipped: int = Field(
-        description="Attachments listed in the export; a JSON export carries no file contents"
+        description="Attachments listed without their file (a JSON export carries none)"
     )
     conversation_ids: list[int] = Field(description="The new conversations, in the file's order")
 

@@ -9,6 +9,7 @@ for storage; files deleted with their message or conversation; text files in the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import struct
@@ -22,7 +23,7 @@ import boto3
 import httpx
 import pytest
 
-from deploy.local.processes import free_port
+from deploy.local.processes import ManagedProcess, free_port
 from tests.chat.factories import add_message, create_conversation, list_messages
 from tests.chat.helpers import assert_error, ok_data
 from tests.harness import Stack, User, client
@@ -38,6 +39,8 @@ LIMITS = {
     "CHAT_ATTACHMENT_MAX_FILE_BYTES": str(MAX_FILE),
     "CHAT_ATTACHMENT_MAX_USER_BYTES": str(MAX_USER),
     "CHAT_ATTACHMENT_MAX_FILES": "4",
+    # Small pools: the Postgres server's connections are shared with every other process.
+    "CHAT_DB_POOL_MAX_SIZE": "5",
 }
 
 
@@ -68,14 +71,29 @@ class Store:
     gateway_url: str
     keys: Callable[[], set[str]]
     pending_uploads: Callable[[], int]
+    processes: list[ManagedProcess]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def _chat_and_gateway(stack: Stack, **overrides: str) -> tuple[str, list[ManagedProcess]]:
+    """A chat process with `overrides` and a gateway in front of it; the gateway's URL."""
+    chat_url, chat = stack.start_service("chat", **LIMITS, **overrides)
+    gateway_url, gateway = stack.start_service(
+        "gateway",
+        GATEWAY_CHAT_URL=str(chat_url),
+        GATEWAY_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+        GATEWAY_DB_POOL_MAX_SIZE="3",
+    )
+    assert gateway_url is not None
+    return gateway_url, [chat, gateway]
 
 
 def _local_store(stack: Stack) -> Store:
     root = Path(stack.env["CHAT_STORAGE_DIR"])
-    chat_url, _ = stack.start_service("chat", **LIMITS)
-    gateway = stack.start_gateway(
-        GATEWAY_CHAT_URL=str(chat_url), GATEWAY_MAX_UPLOAD_BYTES=str(MAX_UPLOAD)
-    )
+    gateway, processes = _chat_and_gateway(stack)
 
     def keys() -> set[str]:
         folder = root / "attachments"
@@ -84,7 +102,7 @@ def _local_store(stack: Stack) -> Store:
     def pending() -> int:
         return len(list((root / ".partial").iterdir()))
 
-    return Store("local", gateway, keys, pending)
+    return Store("local", gateway, keys, pending, processes)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +132,8 @@ def _s3_store(stack: Stack, endpoint: str, **overrides: str) -> Store:
     s3 = _s3_client(endpoint)
     bucket = f"{BUCKET}-{secrets.token_hex(3)}"
     s3.create_bucket(Bucket=bucket)
-    chat_url, _ = stack.start_service(
-        "chat",
+    gateway, processes = _chat_and_gateway(
+        stack,
         CHAT_STORAGE_BACKEND="s3",
         CHAT_S3_ENDPOINT_URL=endpoint,
         CHAT_S3_BUCKET=bucket,
@@ -123,11 +141,7 @@ def _s3_store(stack: Stack, endpoint: str, **overrides: str) -> Store:
         CHAT_S3_SECRET_KEY="test-secret",
         CHAT_S3_REGION="us-east-1",
         CHAT_S3_PART_SIZE_BYTES=str(PART),
-        **LIMITS,
         **overrides,
-    )
-    gateway = stack.start_gateway(
-        GATEWAY_CHAT_URL=str(chat_url), GATEWAY_MAX_UPLOAD_BYTES=str(MAX_UPLOAD)
     )
 
     def keys() -> set[str]:
@@ -137,15 +151,17 @@ def _s3_store(stack: Stack, endpoint: str, **overrides: str) -> Store:
     def pending() -> int:
         return len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
-    return Store("s3", gateway, keys, pending)
+    return Store("s3", gateway, keys, pending, processes)
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
-def store(request: pytest.FixtureRequest, stack: Stack) -> Store:
+def store(request: pytest.FixtureRequest, stack: Stack) -> Iterator[Store]:
     if request.param == "local":
-        return _local_store(stack)
-    endpoint: str = request.getfixturevalue("s3_server")
-    return _s3_store(stack, endpoint)
+        running = _local_store(stack)
+    else:
+        running = _s3_store(stack, request.getfixturevalue("s3_server"))
+    yield running
+    running.stop()  # not kept for the rest of the run: they hold database connections
 
 
 @pytest.fixture
@@ -600,7 +616,8 @@ def test_s3_redirect_mode_answers_a_short_lived_presigned_url(
     redirecting = _s3_store(
         stack, s3_server, CHAT_S3_DOWNLOAD_MODE="redirect", CHAT_S3_PRESIGN_SECONDS="30"
     )
-    with client(redirecting.gateway_url) as gw:
+    with contextlib.ExitStack() as cleanup, client(redirecting.gateway_url) as gw:
+        cleanup.callback(redirecting.stop)
         conversation = create_conversation(gw, alice)
         body = png_bytes(5, 5)
         created = ok_data(

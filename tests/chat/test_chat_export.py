@@ -3,8 +3,12 @@ export imported into an empty account gives the same conversations and messages,
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import secrets
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -260,3 +264,131 @@ def test_an_import_is_streamed_through_the_gateway_in_chunks(
         headers={**bob.headers, "Content-Type": "application/json"},
     )
     assert ok_data(response, 201)["messages"] == 1
+
+
+def _upload(http: httpx.Client, user: User, conversation_id: int, files: Any) -> dict[str, Any]:
+    data: dict[str, Any] = ok_data(
+        http.post(
+            f"/chat/conversations/{conversation_id}/messages/upload",
+            data={"content": "files"},
+            files=files,
+            headers=user.headers,
+        ),
+        201,
+    )
+    return data
+
+
+def _archive(http: httpx.Client, user: User, path: str = "/chat/export") -> bytes:
+    response = http.get(path, params={"format": "zip"}, headers=user.headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert "content-length" not in response.headers
+    return response.content
+
+
+def _files_of(document: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    return [
+        (a["file_name"], a["file_type"], a["file_size"], a["sha256"])
+        for c in document["conversations"]
+        for m in c["messages"]
+        for a in m["attachments"]
+    ]
+
+
+def test_a_zip_export_carries_the_files_and_imports_them_back(
+    http: httpx.Client, alice: User, bob: User
+) -> None:
+    conversation = create_conversation(http, alice, title="With files")
+    add_message(http, alice, conversation["id"], content="before the files")
+    png = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00"
+        b"\x00\x90wS\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N"
+        b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
+    notes = "ünïcode notes\n" * 2000
+    _upload(
+        http,
+        alice,
+        conversation["id"],
+        [
+            ("files", ("notes.txt", notes.encode(), "text/plain")),
+            ("files", ("dot.png", png, "image/png")),
+        ],
+    )
+    other = create_conversation(http, alice, title="Also files")
+    _upload(http, alice, other["id"], [("files", ("data.json", b'{"a": 1}', "application/json"))])
+
+    body = _archive(http, alice)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        document = json.loads(archive.read("export.json"))
+        listed = {
+            a["archive_path"]: a
+            for c in document["conversations"]
+            for m in c["messages"]
+            for a in m["attachments"]
+        }
+        assert set(archive.namelist()) == {"export.json", *listed}
+        contents = {path: archive.read(path) for path in listed}
+    assert sorted(contents.values()) == sorted([notes.encode(), png, b'{"a": 1}'])
+    for path, attachment in listed.items():
+        assert path == f"attachments/{attachment['id']}/{attachment['file_name']}"
+
+    imported = ok_data(
+        http.post(
+            "/chat/import",
+            content=body,
+            headers={**bob.headers, "Content-Type": "application/zip"},
+            timeout=60,
+        ),
+        201,
+    )
+    assert imported["attachments_restored"] == 3 and imported["attachments_skipped"] == 0
+    copy = export_all(http, bob)
+    assert _comparable(copy) == _comparable(document)
+    assert sorted(_files_of(copy)) == sorted(_files_of(document))
+    for c in copy["conversations"]:
+        for m in c["messages"]:
+            for a in m["attachments"]:
+                downloaded = http.get(a["download_url"], headers=bob.headers)
+                assert downloaded.status_code == 200
+                assert hashlib.sha256(downloaded.content).hexdigest() == a["sha256"]
+                # bob's copies are his own: alice cannot read them.
+                assert_error(http.get(a["download_url"], headers=alice.headers), 404)
+
+    one = _archive(http, alice, f"/chat/conversations/{other['id']}/export")
+    with zipfile.ZipFile(io.BytesIO(one)) as archive:
+        assert len(archive.namelist()) == 2
+
+
+def test_a_zip_import_with_a_file_that_is_not_its_type_is_refused_whole(
+    http: httpx.Client, alice: User, bob: User, stack: Stack
+) -> None:
+    conversation = create_conversation(http, alice, title="Tampered")
+    _upload(http, alice, conversation["id"], [("files", ("a.txt", b"plain\n", "text/plain"))])
+    with zipfile.ZipFile(io.BytesIO(_archive(http, alice))) as archive:
+        document = archive.read("export.json")
+        [path] = [n for n in archive.namelist() if n != "export.json"]
+    tampered = io.BytesIO()
+    with zipfile.ZipFile(tampered, "w") as archive:
+        archive.writestr("export.json", document)
+        archive.writestr(path, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)  # not text any more
+    stored = Path(stack.env["CHAT_STORAGE_DIR"]) / "attachments"
+    before = set(stored.iterdir())
+    refused = assert_error(
+        http.post(
+            "/chat/import",
+            content=tampered.getvalue(),
+            headers={**bob.headers, "Content-Type": "application/zip"},
+        ),
+        415,
+    )
+    assert refused["error"]["details"]["file_name"] == "a.txt"
+    assert ok_data(http.get("/chat/conversations", headers=bob.headers))["total"] == 0
+    assert set(stored.iterdir()) == before
+    not_zip = http.post(
+        "/chat/import",
+        content=b"PK nope",
+        headers={**bob.headers, "Content-Type": "application/zip"},
+    )
+    assert_error(not_zip, 422)

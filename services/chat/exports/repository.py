@@ -42,6 +42,23 @@ def export_rows(
     return conn.cursor(_EXPORT_ROWS, user_id, conversation_id, prefetch=prefetch)
 
 
+def archive_files(conn: Conn, *, user_id: int, conversation_id: int | None) -> CursorFactory:
+    """The stored files of the caller's attachments, in export order (inside a transaction)."""
+    return conn.cursor(
+        """
+        SELECT a.id, a.file_path, a.file_name, a.file_type
+        FROM chat.message_attachments a
+        JOIN chat.messages m ON m.id = a.message_id
+        JOIN chat.conversations c ON c.id = m.conversation_id
+        WHERE c.user_id = $1 AND ($2::int IS NULL OR c.id = $2::int) AND a.file_path IS NOT NULL
+        ORDER BY c.id, m.id, a.id
+        """,
+        user_id,
+        conversation_id,
+        prefetch=100,
+    )
+
+
 async def existing_agents(conn: Conn, *, agent_ids: Sequence[int]) -> set[int]:
     rows = await conn.fetch("SELECT id FROM chat.agents WHERE id = ANY($1::int[])", agent_ids)
     return {int(row["id"]) for row in rows}

@@ -5,10 +5,13 @@ Export: one read-only, repeatable-read transaction (a consistent snapshot) and a
 cursor, rendered in chunks of about 64 KiB; a history of any length is never in memory, only
 one batch of rows and one chunk. Attachments are listed with their download links.
 
+A ZIP archive (`archive.py`) carries the document and the attachments' files.
+
 Import: the export file (spooled to disk by the route, never held in memory) is parsed
 incrementally (ijson), and its conversations and messages are written in batches in one
 transaction, with their original times and states, and an event for each (so analytics counts
-them like any other). Attachments cannot travel in a JSON file: they are counted as skipped.
+them like any other). Files come back from a ZIP archive, checked as uploads are; a JSON file
+carries none, so its attachments are counted as skipped.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import ijson
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.chat.attachments import repository as attachments_repo
 from services.chat.attachments.service import download_path
+from services.chat.attachments.storage import ObjectStore
 from services.chat.exports import repository as repo
+from services.chat.exports.archive import ArchiveFiles, archive_path, write_archive
 from services.chat.schemas import MAX_MESSAGE_CHARS
 from shared.db.pool import Conn
 from shared.envelope import dumps
-from shared.errors import ValidationFailed
+from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.tokens import Principal
 
 EXPORT_FORMAT = "chat-export"
@@ -57,7 +63,7 @@ EXPORTS = Counter(
 IMPORTS = Counter("chat_imports_total", "Imports, by outcome.", ["outcome"])
 IMPORTED_MESSAGES = Counter("chat_imported_messages_total", "Messages written by imports.")
 
-Format = Literal["json", "markdown"]
+Format = Literal["json", "markdown", "zip"]
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -80,7 +86,7 @@ def _conversation(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def _message(row: asyncpg.Record) -> dict[str, Any]:
+def _message(row: asyncpg.Record, *, archive: bool) -> dict[str, Any]:
     return {
         "id": row["m_id"],
         "content": row["content"],
@@ -101,6 +107,7 @@ def _message(row: asyncpg.Record) -> dict[str, Any]:
                 "sha256": sha256,
                 "created_at": created_at,
                 "download_url": download_path(attachment_id),
+                **({"archive_path": archive_path(attachment_id, file_name)} if archive else {}),
             }
             for attachment_id, file_name, file_type, file_size, sha256, created_at in row[
                 "attachments"
@@ -112,7 +119,8 @@ def _message(row: asyncpg.Record) -> dict[str, Any]:
 class _Json:
     """The JSON document, written piece by piece: conversations, each with its messages last."""
 
-    def __init__(self, user_id: int) -> None:
+    def __init__(self, user_id: int, *, archive: bool = False) -> None:
+        self.archive = archive
         self.conversations = 0
         self.messages = 0
         self._open = False
@@ -133,7 +141,7 @@ class _Json:
         out = b"" if self._first_message else b","
         self._first_message = False
         self.messages += 1
-        return out + b"\n" + dumps(_message(row))
+        return out + b"\n" + dumps(_message(row, archive=self.archive))
 
     def tail(self) -> bytes:
         totals = {"conversations": self.conversations, "messages": self.messages}
@@ -193,42 +201,61 @@ class _Markdown:
         return b""
 
 
+async def _document(
+    conn: Conn, user: Principal, conversation_id: int | None, writer: _Json | _Markdown
+) -> AsyncIterator[bytes]:
+    """The document in chunks of about FLUSH_BYTES (inside the caller's transaction)."""
+    buffer = bytearray(writer.head)
+    current: int | None = None
+    rows = repo.export_rows(
+        conn, user_id=user.user_id, conversation_id=conversation_id, prefetch=PREFETCH_ROWS
+    )
+    async for row in rows:
+        if row["c_id"] != current:
+            current = row["c_id"]
+            buffer += writer.conversation(row)
+        if row["m_id"] is not None:
+            buffer += writer.message(row)
+        if len(buffer) >= FLUSH_BYTES:
+            yield bytes(buffer)
+            buffer.clear()
+    buffer += writer.tail()
+    yield bytes(buffer)
+
+
 async def stream_export(
     pool: asyncpg.Pool,
     user: Principal,
     *,
     conversation_id: int | None,
     fmt: Format,
+    store: ObjectStore | None = None,
 ) -> AsyncIterator[bytes]:
-    """The export as chunks of about FLUSH_BYTES, read from one consistent snapshot."""
+    """The export as chunks of about FLUSH_BYTES, read from one consistent snapshot (`zip`:
+    with the files, read from `store`)."""
     scope = "account" if conversation_id is None else "conversation"
     started = time.perf_counter()
-    writer: _Json | _Markdown = _Json(user.user_id) if fmt == "json" else _Markdown()
     sent = 0
     outcome = "aborted"
     try:
-        buffer = bytearray(writer.head)
-        current: int | None = None
         async with (
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            rows = repo.export_rows(
-                conn, user_id=user.user_id, conversation_id=conversation_id, prefetch=PREFETCH_ROWS
-            )
-            async for row in rows:
-                if row["c_id"] != current:
-                    current = row["c_id"]
-                    buffer += writer.conversation(row)
-                if row["m_id"] is not None:
-                    buffer += writer.message(row)
-                if len(buffer) >= FLUSH_BYTES:
-                    sent += len(buffer)
-                    yield bytes(buffer)
-                    buffer.clear()
-        buffer += writer.tail()
-        sent += len(buffer)
-        yield bytes(buffer)
+            chunks: AsyncIterator[bytes]
+            if fmt == "zip":
+                assert store is not None
+                document = _document(conn, user, conversation_id, _Json(user.user_id, archive=True))
+                files = repo.archive_files(
+                    conn, user_id=user.user_id, conversation_id=conversation_id
+                )
+                chunks = write_archive(document, aiter(files), store)
+            else:
+                writer = _Json(user.user_id) if fmt == "json" else _Markdown()
+                chunks = _document(conn, user, conversation_id, writer)
+            async for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
         outcome = "completed"
         EXPORT_BYTES.labels(fmt, scope).observe(sent)
         EXPORT_SECONDS.labels(fmt, scope).observe(time.perf_counter() - started)
@@ -301,11 +328,13 @@ def _invalid(where: str, exc: ValidationError | str) -> ValidationFailed:
 class _Importer:
     """Writes what the parser finds, conversation by conversation, messages in batches."""
 
-    def __init__(self, conn: Conn, user: Principal) -> None:
+    def __init__(self, conn: Conn, user: Principal, files: ArchiveFiles | None) -> None:
         self.conn = conn
         self.user = user
+        self.files = files
         self.conversation_ids: list[int] = []
         self.messages = 0
+        self.attachments_restored = 0
         self.attachments_skipped = 0
         self._agents: dict[int, bool] = {}
         self._current: tuple[int, ImportedConversation, int | None] | None = None
@@ -351,7 +380,8 @@ class _Importer:
             message = ImportedMessage.model_validate(fields)
         except ValidationError as exc:
             raise _invalid(where, exc) from exc
-        self.attachments_skipped += len(message.attachments)
+        if self.files is None:
+            self.attachments_skipped += len(message.attachments)
         self._pending.append(message)
         if len(self._pending) >= IMPORT_BATCH:
             await self._flush()
@@ -382,9 +412,27 @@ class _Importer:
                 for row in rows
             ],
         )
+        if self.files is not None:
+            for row, message in zip(rows, self._pending, strict=True):
+                await self._restore_files(row["id"], message)
         self._count += len(rows)
         self.messages += len(rows)
         self._pending.clear()
+
+    async def _restore_files(self, message_id: int, message: ImportedMessage) -> None:
+        assert self.files is not None
+        stored = []
+        for listed in message.attachments:
+            restored = await self.files.restore(self.conn, listed)
+            if restored is None:
+                self.attachments_skipped += 1
+            else:
+                stored.append(restored)
+        if stored:
+            await attachments_repo.insert_attachments(
+                self.conn, message_id=message_id, user_id=self.user.user_id, files=stored
+            )
+            self.attachments_restored += len(stored)
 
     async def end_conversation(self) -> None:
         await self._flush()
@@ -405,13 +453,23 @@ _MESSAGES = "conversations.item.messages"
 
 
 async def import_export(
-    conn: Conn, user: Principal, source: IO[bytes], *, chunk_bytes: int = FLUSH_BYTES
+    conn: Conn,
+    user: Principal,
+    source: IO[bytes],
+    *,
+    files: ArchiveFiles | None = None,
+    max_user_bytes: int = 0,
+    chunk_bytes: int = FLUSH_BYTES,
 ) -> dict[str, Any]:
-    """Imports an export file into the caller's account (in the caller's transaction);
-    422 naming the place when the file is not a valid export."""
+    """Imports an export file into the caller's account (in the caller's transaction), with
+    the archive's `files` when it came as one; 422 naming the place when the file is not a
+    valid export, 413/415 for a file that would not be accepted as an upload."""
     events = ijson.sendable_list()
     parser = ijson.parse_coro(events, use_float=True)
-    importer = _Importer(conn, user)
+    importer = _Importer(conn, user, files)
+    if files is not None:
+        # Held to the commit: concurrent uploads and imports cannot overshoot the quota.
+        await attachments_repo.lock_user_attachments(conn, user_id=user.user_id)
     header: dict[str, Any] = {}
     fields: dict[str, Any] = {}
     key: str | None = None
@@ -465,10 +523,18 @@ async def import_export(
         if not chunk:
             break
     _check_header(header)
+    if importer.attachments_restored:
+        used = await attachments_repo.user_attachment_bytes(conn, user_id=user.user_id)
+        if used > max_user_bytes:
+            raise PayloadTooLarge(
+                "The archive's files do not fit your attachment storage quota",
+                details={"quota": "user_bytes", "limit": max_user_bytes, "used": used},
+            )
     IMPORTED_MESSAGES.inc(importer.messages)
     return {
         "conversations": len(importer.conversation_ids),
         "messages": importer.messages,
+        "attachments_restored": importer.attachments_restored,
         "attachments_skipped": importer.attachments_skipped,
         "conversation_ids": importer.conversation_ids,
     }
