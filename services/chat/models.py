@@ -134,8 +134,9 @@ class MessageAttachment(Base):
     message_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("chat.messages.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    # The uploader (the conversation's owner): per-user quotas are summed over this.
-    user_id: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    # The uploader (the conversation's owner): per-user quotas are summed over this. Nullable so
+    # rows with only the seed's columns stay valid.
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
     file_name: Mapped[str] = mapped_column(String(255), nullable=False)
     # The type its bytes were verified to be, not the one the client claimed.
     file_type: Mapped[str | None] = mapped_column(String(100))

@@ -295,8 +295,12 @@ def test_another_user_gets_404_for_every_file(gw: httpx.Client, alice: User, bob
         ),
         404,
     )
-    # Nor can bob attach files to alice's conversation.
+    # Nor can bob attach files to alice's conversation: refused before the body is read, a
+    # large one included (the gateway is still sending it when the 404 comes).
     assert_error(upload(gw, bob, conversation["id"], [("files", text_file())]), 404)
+    large = ("big.txt", b"x" * (5 * MIB), "text/plain")
+    assert_error(upload(gw, bob, conversation["id"], [("files", large)]), 404)
+    assert gw.get("/chat/conversations", headers=bob.headers).status_code == 200
     assert_error(gw.get(f"/chat/attachments/{2**31 - 1}/content", headers=alice.headers), 404)
     assert gw.get(f"/chat/attachments/{created['attachments'][0]['id']}/content").status_code == 401
 

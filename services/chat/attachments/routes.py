@@ -183,6 +183,8 @@ async def download_attachment(
     """Download one of the caller's files, byte for byte as uploaded."""
     async with db.acquire() as conn:
         row = await attachment_service.get(conn, user, attachment_id)
+    if row["file_path"] is None:  # a row with only the seed's columns: no file was stored
+        raise NotFound(f"Attachment {attachment_id} has no stored file")
     store: ObjectStore = request.app.state.store
     headers = {
         "Content-Disposition": content_disposition(row["file_name"]),

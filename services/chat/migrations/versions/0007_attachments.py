@@ -24,8 +24,9 @@ S = "chat"
 
 
 def upgrade() -> None:
-    # Rows only ever come from the upload path, which fills these; the seed never wrote any.
-    op.add_column("message_attachments", sa.Column("user_id", sa.Integer, nullable=False), schema=S)
+    # The uploader, for per-user quotas. The upload path always fills it; rows written with only
+    # the seed's columns (by other tools) stay valid and count towards no quota.
+    op.add_column("message_attachments", sa.Column("user_id", sa.Integer), schema=S)
     op.add_column("message_attachments", sa.Column("sha256", sa.String(64)), schema=S)
     # The UTF-8 text of a small text file (plain, Markdown, JSON, CSV), kept for the AI prompt so
     # the worker needs no access to the object store; NULL for other types and large files.
