@@ -19,7 +19,7 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make migrate   create the database if needed and migrate it (DATABASE_URL)"
 	@echo "make bench     run the benchmarks: the gateway path, the AI reply pipeline, batch"
-	@echo "               regeneration (python -m bench [ai|regen]; docs/benchmarks.md)"
+	@echo "               regeneration, export (python -m bench [ai|regen|export]; docs/benchmarks.md)"
 	@echo "make clean     remove run state and caches (distclean: the virtualenv too)"
 
 install: $(STAMP)
@@ -70,6 +70,7 @@ bench: install
 	$(BIN)/python -m bench; status=$$?; \
 	$(BIN)/python -m bench ai || status=$$?; \
 	$(BIN)/python -m bench regen || status=$$?; \
+	$(BIN)/python -m bench export || status=$$?; \
 	exit $$status
 
 clean:

@@ -12,6 +12,9 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
                                 see bench/ai.py
     python -m bench regen [...] batch regeneration's throughput against the limit its
                                 concurrency sets (issue 3, target (b)): see bench/regen.py
+    python -m bench export [...] exporting 10,000 messages in memory that does not grow with
+                                the history, and the import round trip (issue 5):
+                                see bench/export.py
 """
 
 from __future__ import annotations
@@ -499,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import regen
 
         return regen.main(argv[1:])
+    if argv[:1] == ["export"]:
+        from bench import export
+
+        return export.main(argv[1:])
     args = parse_args(argv)
     return run_scenario(
         lambda: run(args),

@@ -153,6 +153,11 @@ class Children:
         self._children.append(child)
         return child
 
+    def stop(self, child: Child) -> None:
+        """Stops one of them before the others (the rest stop with `stop_all`)."""
+        child.stop()
+        self._children.remove(child)
+
     def stop_all(self) -> None:
         children, self._children = self._children[::-1], []
         for child in children:

@@ -65,6 +65,12 @@ class MessageCreated(_Data):
     created_at: datetime
 
 
+class MessageDeleted(_Data):
+    conversation_id: int
+    message_id: int
+    sender: Literal["user", "agent"]
+
+
 class ConversationRead(_Data):
     conversation_id: int
     last_read_message_id: int
@@ -108,6 +114,7 @@ EVENT_TYPES: dict[str, type[_Data]] = {
     "conversation.deleted": ConversationDeleted,
     "conversation.read": ConversationRead,
     "message.created": MessageCreated,
+    "message.deleted": MessageDeleted,
     "ai.reply.completed": AIReplyFinished,
     "ai.reply.failed": AIReplyFailed,
     "ai.reply.cancelled": AIReplyCancelled,
@@ -118,6 +125,7 @@ EventType = Literal[
     "conversation.deleted",
     "conversation.read",
     "message.created",
+    "message.deleted",
     "ai.reply.completed",
     "ai.reply.failed",
     "ai.reply.cancelled",

@@ -92,6 +92,8 @@ def _start_stack(
     cleanup.callback(llm.stop)
     env = _service_env(postgres.url(database), redis.url, redis_prefix)
     env.update(
+        # Attachments on the local store, in this run's own directory.
+        CHAT_STORAGE_DIR=str(workdir / "storage"),
         LLM_BASE_URL=llm.base_url,
         LLM_API_KEY="test-key",
         # Fast retries and timeouts keep the failure tests short; the logic is the same.

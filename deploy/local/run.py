@@ -159,6 +159,8 @@ def _run(args: argparse.Namespace, cleanup: ExitStack) -> int:
         REDIS_URL=redis.url,
         PYTHONUNBUFFERED="1",
     )
+    # Attachments stay with the rest of the run's state unless configured otherwise.
+    env.setdefault("CHAT_STORAGE_DIR", str(workdir / "storage"))
     assign_ports(env, SERVICES, free=False)
 
     say("running migrations")

@@ -68,20 +68,40 @@ def get_agent(conn: Connection, agent_id: int | None) -> RowMapping | None:
 
 
 def recent_messages(
-    conn: Connection, *, conversation_id: int, up_to_id: int | None, limit: int
+    conn: Connection,
+    *,
+    conversation_id: int,
+    up_to_id: int | None,
+    limit: int,
+    max_text_chars: int,
 ) -> list[RowMapping]:
-    """The conversation's latest messages up to the prompt, newest first."""
+    """The conversation's latest messages up to the prompt, newest first, each with its
+    attachments (name, type, size, and for small text files their text, cut at
+    `max_text_chars`: more could never fit the prompt, so it is not read)."""
     return list(
         conn.execute(
             text(
                 """
-                SELECT id, sender, content FROM chat.messages
-                WHERE conversation_id = :cid
-                  AND (CAST(:up_to AS integer) IS NULL OR id <= CAST(:up_to AS integer))
-                ORDER BY id DESC LIMIT :limit
+                SELECT m.id, m.sender, m.content,
+                       (SELECT COALESCE(json_agg(json_build_object(
+                                  'file_name', a.file_name, 'file_type', a.file_type,
+                                  'file_size', a.file_size,
+                                  'text', left(a.text_content, :max_chars),
+                                  'text_chars', length(a.text_content)) ORDER BY a.id), '[]')
+                        FROM chat.message_attachments a WHERE a.message_id = m.id)
+                           AS attachments
+                FROM chat.messages m
+                WHERE m.conversation_id = :cid
+                  AND (CAST(:up_to AS integer) IS NULL OR m.id <= CAST(:up_to AS integer))
+                ORDER BY m.id DESC LIMIT :limit
                 """
             ),
-            {"cid": conversation_id, "up_to": up_to_id, "limit": limit},
+            {
+                "cid": conversation_id,
+                "up_to": up_to_id,
+                "limit": limit,
+                "max_chars": max_text_chars,
+            },
         ).mappings()
     )
 

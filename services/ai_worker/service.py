@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
 import redis
 import structlog
@@ -57,30 +58,85 @@ def price(agent: RowMapping, completion: Completion) -> Decimal:
     ).quantize(Decimal("0.000001"))
 
 
+def _size(size: int | None) -> str:
+    value = float(size or 0)
+    if value < 1024:
+        return f"{value:.0f} bytes"
+    if value < 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
+    return f"{value / (1024 * 1024):.1f} MiB"
+
+
+def _file_label(attachment: dict[str, Any]) -> str:
+    return (
+        f"[Attached file: {attachment['file_name']} ({attachment['file_type']}, "
+        f"{_size(attachment['file_size'])})"
+    )
+
+
+class _Budget:
+    def __init__(self, tokens: int) -> None:
+        self.left = tokens
+
+    def take(self, tokens: int) -> bool:
+        if tokens > self.left:
+            return False
+        self.left -= tokens
+        return True
+
+
+def render_message(row: RowMapping, budget: _Budget | None) -> str:
+    """A message's text for the prompt: its content, then its attachments. A text file's text
+    is included while it fits the budget (None: names only, as without context); other types,
+    and text that does not fit, are named with the reason."""
+    attachments: list[dict[str, Any]] = list(row.get("attachments") or [])
+    if not attachments:
+        return str(row["content"])
+    parts = [str(row["content"])] if row["content"] else []
+    for attachment in attachments:
+        label = _file_label(attachment)
+        text = attachment.get("text")
+        whole = text is not None and len(text) == attachment.get("text_chars")
+        if budget is None:
+            parts.append(f"{label}: not included]")
+        elif text is None:
+            parts.append(f"{label}: not included: not a text file or too large]")
+        elif whole and budget.take(estimate_tokens(text) + 16):
+            parts.append(f"{label}]\n{text}\n[End of {attachment['file_name']}]")
+        else:
+            parts.append(f"{label}: not included: over the context budget]")
+    return "\n\n".join(parts)
+
+
 def build_prompt(
     agent: RowMapping, history: list[RowMapping], *, include_context: bool, budget_tokens: int
 ) -> list[dict[str, str]]:
     """System prompt, then as much recent history as fits the budget, oldest first; the last
-    message is the one being answered. Without context: that message alone."""
+    message is the one being answered. Without context: that message alone, its attachments
+    named only. Attachments' text counts against the same budget, the answered message's first,
+    then the history's, newest first."""
     if not history:
         return []
     latest, earlier = history[0], history[1:]
-    chosen = [latest]
     messages: list[dict[str, str]] = []
-    if include_context:
+    if not include_context:
+        chosen = [(latest, render_message(latest, None))]
+    else:
         system = agent["system_prompt"] or ""
-        used = estimate_tokens(system) + estimate_tokens(latest["content"])
+        budget = _Budget(
+            budget_tokens - estimate_tokens(system) - estimate_tokens(str(latest["content"]))
+        )
+        chosen = [(latest, render_message(latest, budget))]
         for row in earlier:
-            cost = estimate_tokens(row["content"]) + 4
-            if used + cost > budget_tokens:
+            # The message with its files named must fit; their text then goes in if it fits too.
+            if not budget.take(estimate_tokens(render_message(row, None)) + 4):
                 break
-            chosen.append(row)
-            used += cost
+            chosen.append((row, render_message(row, budget)))
         if system:
             messages.append({"role": "system", "content": system})
-    for row in reversed(chosen):
+    for row, content in reversed(chosen):
         role = "assistant" if row["sender"] == "agent" else "user"
-        messages.append({"role": role, "content": row["content"]})
+        messages.append({"role": role, "content": content})
     return messages
 
 
@@ -113,6 +169,8 @@ class ReplyService:
                     conversation_id=job["conversation_id"],
                     up_to_id=job["prompt_message_id"],
                     limit=100,
+                    # About four characters a token: more text could never fit the budget.
+                    max_text_chars=4 * self.settings.context_budget_tokens + 4,
                 )
         if job is None:
             # A duplicate or late delivery of a job that is already final.

@@ -1,4 +1,5 @@
-"""The chat service's ASGI app: conversations, messages, search, agents and AI jobs under /chat."""
+"""The chat service's ASGI app: conversations, messages, attachments, search, agents, AI jobs,
+export and import under /chat."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from services.chat.ai_jobs import JobRunner
+from services.chat.attachments.routes import router as attachments_router
+from services.chat.attachments.service import StorageJanitor
+from services.chat.attachments.storage import create_store
+from services.chat.exports.routes import router as exports_router
 from services.chat.routes import router
 from services.chat.settings import ChatSettings
 from services.chat.webhooks.routes import router as webhook_router
@@ -31,11 +36,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2
         )
         app.state.jobs = JobRunner(settings, app.state.redis)
+        app.state.store = create_store(settings)
+        app.state.janitor = StorageJanitor(
+            app.state.pool, app.state.store, interval=settings.storage_sweep_seconds
+        )
         await app.state.jobs.start()
+        app.state.janitor.start()
         try:
             yield
         finally:
+            await app.state.janitor.close()
             await app.state.jobs.close()
+            app.state.store.close()
             await app.state.redis.aclose()
 
 
@@ -43,6 +55,7 @@ async def readiness(app: FastAPI) -> dict[str, str]:
     return {
         "postgres": await check_postgres(app.state.pool),
         "redis": await check_redis(app.state.redis),
+        "storage": await app.state.store.check(),
     }
 
 
@@ -60,6 +73,8 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(webhook_router)
+    app.include_router(attachments_router)
+    app.include_router(exports_router)
     return app
 
 

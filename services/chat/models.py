@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import (
     REAL,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Computed,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -141,10 +143,18 @@ class MessageAttachment(Base):
     message_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("chat.messages.id", ondelete="CASCADE"), nullable=False, index=True
     )
+    # The uploader (the conversation's owner): per-user quotas are summed over this. Nullable so
+    # rows with only the seed's columns stay valid.
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
     file_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The type its bytes were verified to be, not the one the client claimed.
     file_type: Mapped[str | None] = mapped_column(String(100))
     file_size: Mapped[int | None] = mapped_column(Integer)
+    # The object's key in the configured store (`attachments/<id>`); never shown to clients.
     file_path: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # A small text file's text, for AI prompts (the worker never reads the object store).
+    text_content: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
 
 
@@ -158,6 +168,16 @@ class ConversationRead(Base):
     )
     last_read_message_id: Mapped[int] = mapped_column(Integer, nullable=False)
     read_at: Mapped[datetime] = _created()
+
+
+class StorageDeletion(Base):
+    """An object whose attachment row is gone, queued (by a trigger) until it is deleted."""
+
+    __tablename__ = "storage_deletions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    storage_key: Mapped[str] = mapped_column(Text, nullable=False)
+    queued_at: Mapped[datetime] = _created()
 
 
 class ChatSessionHistory(Base):
@@ -207,4 +227,5 @@ __all__ = [
     "IdempotencyKey",
     "Message",
     "MessageAttachment",
+    "StorageDeletion",
 ]

@@ -46,6 +46,12 @@ _MESSAGE_COLUMNS = """
     id, conversation_id, content, content_type, sender, message_type, status, tokens_used,
     processing_time::numeric::float8 AS processing_time, created_at, updated_at
 """
+# A message's attachments as (id, file_name, file_type, file_size, created_at) tuples, oldest
+# first: one index probe per message, in the same round trip as the page.
+MESSAGE_ATTACHMENTS = """
+    ARRAY(SELECT (a.id, a.file_name, a.file_type, a.file_size, a.created_at)
+          FROM chat.message_attachments a WHERE a.message_id = messages.id ORDER BY a.id)
+"""
 _AGENT_COLUMNS = """
     id, name, description, model, system_prompt, temperature, max_tokens,
     input_price_per_1k::float8 AS input_price_per_1k,
@@ -341,6 +347,7 @@ async def list_messages(
     rows = await conn.fetch(
         f"""
         SELECT {_MESSAGE_COLUMNS},
+               {MESSAGE_ATTACHMENTS} AS attachments,
                (SELECT count(*) FROM chat.messages WHERE conversation_id = $1) AS total
         FROM chat.messages
         WHERE conversation_id = $1 AND ($2::int IS NULL OR id {comparison} $2)
@@ -389,6 +396,42 @@ async def insert_message(
     )
     assert row is not None
     return row
+
+
+async def delete_message(
+    conn: Conn, *, user_id: int, conversation_id: int, message_id: int
+) -> Record | None:
+    """Deletes a message of the caller's conversation (its attachments cascade, and their
+    objects are queued for deletion by trigger) and keeps the conversation's counters exact;
+    None when it is missing or not theirs."""
+    counted = await conn.fetchrow(
+        """
+        UPDATE chat.conversations c
+        SET total_messages = GREATEST(total_messages - 1, 0), updated_at = clock_timestamp()
+        WHERE c.id = $1 AND c.user_id = $2
+          AND EXISTS (SELECT 1 FROM chat.messages m WHERE m.id = $3 AND m.conversation_id = $1)
+        RETURNING c.id, c.agent_id
+        """,
+        conversation_id,
+        user_id,
+        message_id,
+    )
+    if counted is None:
+        return None
+    gone = await conn.fetchrow(
+        "DELETE FROM chat.messages WHERE id = $1 AND conversation_id = $2 RETURNING id, sender",
+        message_id,
+        conversation_id,
+    )
+    await conn.execute(
+        """
+        UPDATE chat.conversations
+        SET last_message_at = (SELECT max(created_at) FROM chat.messages WHERE conversation_id = $1)
+        WHERE id = $1
+        """,
+        conversation_id,
+    )
+    return gone
 
 
 # --- search --------------------------------------------------------------------------------------

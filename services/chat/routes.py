@@ -33,6 +33,7 @@ from services.chat.schemas import (
     MessageCreate,
     MessageCreated,
     MessageList,
+    MessageRef,
     ReadState,
     RegenerationCreate,
     RegenerationEstimate,
@@ -147,14 +148,17 @@ async def update_conversation(
     responses=error_responses(401, 404, 422, 429),
 )
 async def delete_conversation(
-    conversation_id: ConversationId, user: CurrentUser, conn: Connection
+    conversation_id: ConversationId, user: CurrentUser, conn: Connection, request: Request
 ) -> Response:
     """Delete a conversation with its messages, attachments and session history."""
-    return await run_write(
+    response = await run_write(
         conn,
         lambda c: conversation_service.delete(c, user, conversation_id),
         message="Conversation deleted successfully",
     )
+    # After the commit: the deleted attachments' files go now (the janitor's sweep retries).
+    await request.app.state.janitor.purge_quietly()
+    return response
 
 
 # --- read state and sessions ---------------------------------------------------------------------
@@ -250,6 +254,28 @@ async def add_message(
         message="Message added successfully",
         status_code=201,
     )
+
+
+@router.delete(
+    "/conversations/{conversation_id}/messages/{message_id}",
+    response_model=Envelope[MessageRef],
+    responses=error_responses(401, 404, 422, 429),
+)
+async def delete_message(
+    conversation_id: ConversationId,
+    message_id: Annotated[int, Path(ge=1, lt=2**31)],
+    user: CurrentUser,
+    conn: Connection,
+    request: Request,
+) -> Response:
+    """Delete a message with its attachments (their files are deleted from storage)."""
+    response = await run_write(
+        conn,
+        lambda c: message_service.delete(c, user, conversation_id, message_id),
+        message="Message deleted successfully",
+    )
+    await request.app.state.janitor.purge_quietly()
+    return response
 
 
 # --- search --------------------------------------------------------------------------------------

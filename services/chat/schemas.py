@@ -168,6 +168,20 @@ class MessageCreate(StrictBody):
         return value
 
 
+class AttachmentPublic(BaseModel):
+    id: int
+    file_name: str = Field(description="The uploaded name, cleaned of paths and control characters")
+    file_type: str = Field(description="The content type its bytes were verified to be")
+    file_size: int = Field(description="Bytes")
+    created_at: datetime
+    download_url: str = Field(description="GET it with the same token for the file's bytes")
+
+
+class AttachmentList(BaseModel):
+    attachments: list[AttachmentPublic]
+    total: int
+
+
 class MessagePublic(BaseModel):
     id: int
     conversation_id: int
@@ -180,6 +194,7 @@ class MessagePublic(BaseModel):
     processing_time: float | None
     created_at: datetime
     updated_at: datetime
+    attachments: list[AttachmentPublic] = Field(default_factory=list)
 
 
 class MessageList(BaseModel):
@@ -201,6 +216,25 @@ class MessageCreated(BaseModel):
     status: str
     created_at: datetime
     total_messages: int = Field(description="The conversation's message count after this one")
+
+
+class MessageRef(BaseModel):
+    message_id: int
+    conversation_id: int
+
+
+class MessageWithAttachments(MessageCreated):
+    attachments: list[AttachmentPublic]
+
+
+class ImportResult(BaseModel):
+    conversations: int
+    messages: int
+    attachments_restored: int = Field(description="Files restored from a ZIP archive")
+    attachments_skipped: int = Field(
+        description="Attachments listed without their file (a JSON export carries none)"
+    )
+    conversation_ids: list[int] = Field(description="The new conversations, in the file's order")
 
 
 # --- search --------------------------------------------------------------------------------------

@@ -51,6 +51,23 @@ def _page_row(row: asyncpg.Record) -> dict[str, Any]:
     return item
 
 
+def _message_row(row: asyncpg.Record) -> dict[str, Any]:
+    """A message of a page, with its attachments as clients see them."""
+    item = _page_row(row)
+    item["attachments"] = [
+        {
+            "id": attachment_id,
+            "file_name": file_name,
+            "file_type": file_type,
+            "file_size": file_size,
+            "created_at": created_at,
+            "download_url": f"/chat/attachments/{attachment_id}/content",
+        }
+        for attachment_id, file_name, file_type, file_size, created_at in item["attachments"]
+    ]
+    return item
+
+
 def _conversation_not_found(conversation_id: int) -> NotFound:
     return NotFound(f"Conversation {conversation_id} not found")
 
@@ -249,7 +266,7 @@ class MessageService:
         has_more = len(rows) > limit
         page = rows[:limit]
         return {
-            "messages": [_page_row(row) for row in page],
+            "messages": [_message_row(row) for row in page],
             "total": total,
             "limit": limit,
             "offset": offset,
@@ -309,6 +326,26 @@ class MessageService:
             "created_at": row["created_at"],
             "total_messages": counted["total_messages"],
         }
+
+    async def delete(
+        self, conn: Conn, user: Principal, conversation_id: int, message_id: int
+    ) -> dict[str, Any]:
+        gone = await repo.delete_message(
+            conn, user_id=user.user_id, conversation_id=conversation_id, message_id=message_id
+        )
+        if gone is None:
+            raise NotFound(f"Message {message_id} not found in conversation {conversation_id}")
+        await repo.add_event(
+            conn,
+            "message.deleted",
+            user_id=user.user_id,
+            data={
+                "conversation_id": conversation_id,
+                "message_id": message_id,
+                "sender": gone["sender"],
+            },
+        )
+        return {"message_id": message_id, "conversation_id": conversation_id}
 
 
 def render_snippet(headline: str) -> str:

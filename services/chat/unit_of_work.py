@@ -119,21 +119,35 @@ class IdempotentWriter:
         result = await self.run(work, message=message, status_code=status_code)
         return result.response()
 
-    async def run(self, work: Work, *, message: str, status_code: int = 200) -> WriteResult:
+    async def run(
+        self,
+        work: Work,
+        *,
+        message: str,
+        status_code: int = 200,
+        fingerprint: str | None = None,
+    ) -> WriteResult:
+        """`fingerprint` identifies a request whose body was streamed rather than kept (an
+        upload); by default it is a hash of the method, path and body."""
         async with self.pool.acquire() as conn:
-            return await self._run(conn, work, message=message, status_code=status_code)
+            return await self._run(
+                conn, work, message=message, status_code=status_code, fingerprint=fingerprint
+            )
 
-    async def _run(self, conn: Conn, work: Work, *, message: str, status_code: int) -> WriteResult:
+    async def _run(
+        self, conn: Conn, work: Work, *, message: str, status_code: int, fingerprint: str | None
+    ) -> WriteResult:
         user, key = self.user, self.key
         if key is None:
             async with conn.transaction():
                 data = await work(conn)
             return WriteResult(data, status_code, dumps(success_body(data, message)), False)
         request = self.request
-        fingerprint = hashlib.sha256(
-            b"%s %s\n%s"
-            % (request.method.encode(), request.url.path.encode(), await request.body())
-        ).hexdigest()
+        if fingerprint is None:
+            fingerprint = hashlib.sha256(
+                b"%s %s\n%s"
+                % (request.method.encode(), request.url.path.encode(), await request.body())
+            ).hexdigest()
         async with conn.transaction():
             claimed = await repo.claim_idempotency_key(
                 conn,

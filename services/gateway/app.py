@@ -141,6 +141,7 @@ def create_app(
         ],
         verifier=verifier,
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
         timeout_seconds=settings.upstream_timeout_seconds,
         connections=settings.upstream_connections,
         keepalive_seconds=settings.upstream_keepalive_seconds,

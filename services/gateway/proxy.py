@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -71,6 +71,12 @@ _DROP_RESPONSE = frozenset(
     }
 )
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Requests whose bodies are files: streamed to the service as they arrive (never buffered here)
+# under the upload limit instead of the JSON body limit. The service checks each file itself.
+UPLOAD_PATHS = re.compile(r"^/chat/(conversations/[0-9]+/messages/upload|import)$")
+# Responses up to this size are read whole and sent in one piece (the fast path of JSON
+# answers); larger ones (downloads, exports) are passed on chunk by chunk as they arrive.
+BUFFERED_RESPONSE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,7 @@ class UpstreamProxy:
         *,
         verifier: TokenVerifier,
         max_body_bytes: int,
+        max_upload_bytes: int,
         timeout_seconds: float,
         connections: int,
         keepalive_seconds: float,
@@ -124,6 +131,7 @@ class UpstreamProxy:
         self.limiter: RateLimiter | None = None
         self._verifier = verifier
         self._max_body = max_body_bytes
+        self._max_upload = max_upload_bytes
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_seconds)
         self._connections = connections
         self._keepalive = keepalive_seconds
@@ -196,7 +204,14 @@ class UpstreamProxy:
                     headers=rate_headers,
                 )
 
-        body = await read_body(scope, receive, headers, self._max_body)
+        method = scope["method"]
+        upload: StreamedBody | None = None
+        body: bytes | AsyncIterator[bytes]
+        if method == "POST" and UPLOAD_PATHS.match(scope["path"]):
+            upload = StreamedBody(receive, headers, self._max_upload)
+            body = upload.chunks()
+        else:
+            body = await read_body(scope, receive, headers, self._max_body)
         client = scope.get("client")
         forwarded.append(("X-Request-ID", current_request_id()))
         forwarded.append(("X-Forwarded-For", client[0] if client else "unknown"))
@@ -208,7 +223,6 @@ class UpstreamProxy:
         if query:
             target += "?" + query.decode("latin-1")
         url = URL(target, encoded=True)
-        method = scope["method"]
 
         started = time.perf_counter()
         for attempt in (1, 2):
@@ -234,6 +248,10 @@ class UpstreamProxy:
                 return await self._unavailable(upstream, scope, receive, send, "client_error")
         UPSTREAM_LATENCY.labels(upstream.name).observe(time.perf_counter() - started)
         UPSTREAM_REQUESTS.labels(upstream.name, str(response.status)).inc()
+        if upload is not None and upload.exceeded:
+            # The service saw a body cut short at the limit; the answer is the limit's.
+            response.release()
+            raise PayloadTooLarge(f"Upload exceeds {self._max_upload} bytes")
 
         try:
             out = [
@@ -242,8 +260,10 @@ class UpstreamProxy:
                 if k.decode("latin-1").lower() not in _DROP_RESPONSE
             ]
             out.extend((k.lower().encode(), v.encode()) for k, v in rate_headers.items())
-            streaming = response.content_type == "text/event-stream" or (
-                response.content_length is None and method != "HEAD"
+            streaming = method != "HEAD" and (
+                response.content_type == "text/event-stream"
+                or response.content_length is None
+                or response.content_length > BUFFERED_RESPONSE_BYTES
             )
             if not streaming:
                 payload = await response.read()
@@ -294,3 +314,34 @@ async def read_body(
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+class StreamedBody:
+    """A request body passed on to the service as it arrives, up to `limit` bytes: refused at
+    once when its declared length is larger, else cut off where it passes the limit (the
+    service then sees an incomplete body and stores nothing; `exceeded` says the answer is
+    413)."""
+
+    def __init__(self, receive: Receive, headers: dict[bytes, bytes], limit: int) -> None:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Upload exceeds {limit} bytes")
+        self._receive = receive
+        self._limit = limit
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                self.exceeded = True
+                return
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return

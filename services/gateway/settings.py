@@ -23,6 +23,9 @@ class GatewaySettings(ServiceSettings):
     auth_rate_limit_per_minute: int = Field(default=30, ge=1)
     auth_rate_limit_burst: int = Field(default=10, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Bodies of uploads (a message's files, an import), streamed through rather than buffered:
+    # at least the chat service's files per message times its per-file limit (10 x 25 MiB).
+    max_upload_bytes: int = Field(default=300 * 1024 * 1024, ge=1024)
     upstream_timeout_seconds: float = Field(default=120.0, gt=0)
     upstream_connections: int = Field(default=256, ge=1)
     # An idle pooled connection is dropped well before the services' 75 s keep-alive ends.
