@@ -549,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     token = secrets.token_hex(4)
     redis_prefix = f"benchregen{token}:"
     meter: CpuMeter | None = None
+    code = {"commit": commit(), "dirty": dirty()}  # what the processes will run
     try:
         servers = connect_servers(run_dir)
         database = f"chat_bench_{token}"
@@ -654,8 +655,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         headline = chosen[args.concurrency]
         return {
             "run_id": run_id,
-            "commit": commit(),
-            "dirty": dirty(),
+            **code,
             "benchmark": "Batch regeneration throughput (issue 3, target (b))",
             "config": {
                 "replies": args.replies,
@@ -708,14 +708,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # one calls another, as the labels say).
 WORKER_FOCUS = (
     ("ReplyService.generate", "one job, all of it (the task body)"),
-    ("LLMClient.complete", "the model call (the next two included)"),
-    ("JobEvents._add", "per-token events: an XADD + EXPIRE pipeline to Redis for each token"),
-    ("Stream.__stream__", "openai SDK: reading and parsing the streamed chunks"),
+    ("LLMClient.complete", "the model call: request, reading the stream, handing out tokens"),
+    ("_chunks", "reading and parsing the streamed chunks"),
+    ("StreamWriter.add", "handing each token's event to the process's stream writer"),
+    ("StreamWriter._write", "the stream writer's pipelines to Redis (its thread, and `end`)"),
     ("store_reply", "the reply's writes"),
     ("BatchDispatcher.top_up", "the top-up after each job (its SQL and send_task)"),
     ("Celery.send_task", "publishing a job (in the top-up)"),
     ("DefaultDialect._do_ping_w_event", "the pool's pre-ping at each checkout"),
     ("asynloop", "Celery's consumer loop (main thread: receiving, acknowledging)"),
+    ("QoS.append", "kombu's acks_late bookkeeping at delivery (MULTI: ZADD + HSET)"),
+    ("QoS.ack", "kombu's acks_late bookkeeping at the ack (ZREM + HDEL)"),
+    ("Channel._create_client", "a new Redis client object for each of those two"),
     ("Logger.handle", "log records (Celery's per-task lines, the service's)"),
 )
 
@@ -754,8 +758,10 @@ def profile_batch(
         summary["cpu_ms_per_reply"] = entry["cpu_ms_per_reply"].get(name, 0.0)
     worker = summaries["ai_worker"]
     shares = inclusive_shares(Path(worker["raw"]), [name for name, _ in WORKER_FOCUS])
-    worker["focus"] = [
-        {"function": name, "label": label, "share": shares[name]} for name, label in WORKER_FOCUS
+    worker["focus"] = [  # functions the code no longer has are left out
+        {"function": name, "label": label, "share": shares[name]}
+        for name, label in WORKER_FOCUS
+        if shares[name] > 0
     ]
     return {"seconds": seconds, "rps": entry["rps"], "processes": summaries}
 

@@ -172,9 +172,9 @@ def section(result: dict[str, Any]) -> str:
         f"first progress GET (every {cfg['poll_seconds']:g} s) that showed the batch completed. "
         "*In flight*: the most jobs queued or running at once, the most running at once (both "
         "from the job rows) and the most requests the stand-in LLM had open at once (its own "
-        "counter); the last two never exceeded C (the bench checks it), the first can read "
-        "above C because a job's `created_at` is the start of its top-up transaction, which then "
-        "may wait for the batch's lock and see finishes that came after. *Slot cycle*: the "
+        "counter); the last two may not exceed C (the bench checks it); the first can read "
+        "above C where a job's `created_at` is its top-up transaction's start (code before "
+        "`05e99da`), which may precede the wait for the batch's lock. *Slot cycle*: the "
         "time each of the C slots takes per reply (C / throughput); the limit assumes it is the "
         "LLM's latency alone, so the share is latency / cycle. The gateway "
         f"rate-limited {result['rate_limited']} requests.",
