@@ -46,13 +46,21 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("chat", "services.chat", "CHAT_PORT", 8001),
     ServiceSpec("analytics", "services.analytics", "ANALYTICS_PORT", 8002),
     ServiceSpec("gateway", "services.gateway", "GATEWAY_PORT", 8000),
-    # The outbox relay and the workers serve only their metrics over HTTP; answering there
-    # means they started.
+    # The outbox relay, the analytics aggregator and the workers serve only their metrics over
+    # HTTP; answering there means they started.
     ServiceSpec(
         "relay",
         "services.chat.relay",
         "CHAT_RELAY_METRICS_PORT",
         9102,
+        health_path="/metrics",
+        ready_path="/metrics",
+    ),
+    ServiceSpec(
+        "aggregator",
+        "services.analytics.aggregator",
+        "ANALYTICS_AGGREGATOR_METRICS_PORT",
+        9103,
         health_path="/metrics",
         ready_path="/metrics",
     ),
@@ -82,7 +90,8 @@ def assign_ports(
     env: MutableMapping[str, str], specs: Iterable[ServiceSpec], *, free: bool
 ) -> None:
     """Give each service a port in `env` (a free one, or its default unless set), and wire the
-    gateway to chat and analytics unless GATEWAY_*_URL says otherwise."""
+    gateway to chat and analytics (and analytics to chat, for agent names) unless
+    GATEWAY_*_URL / ANALYTICS_CHAT_URL say otherwise."""
     for spec in specs:
         if spec.port_env is None:
             continue
@@ -92,6 +101,7 @@ def assign_ports(
             env.setdefault(spec.port_env, str(spec.default_port))
     env.setdefault("GATEWAY_CHAT_URL", f"http://127.0.0.1:{env.get('CHAT_PORT', 8001)}")
     env.setdefault("GATEWAY_ANALYTICS_URL", f"http://127.0.0.1:{env.get('ANALYTICS_PORT', 8002)}")
+    env.setdefault("ANALYTICS_CHAT_URL", f"http://127.0.0.1:{env.get('CHAT_PORT', 8001)}")
 
 
 def run_migrations(
