@@ -65,7 +65,8 @@ migrate: install
 	$(BIN)/python -m deploy.local.run --migrate-only
 
 bench: install
-	$(BIN)/python -m bench; status=$$?; $(BIN)/python -m bench ai || status=$$?; exit $$status
+	$(BIN)/python -m bench; status=$$?; $(BIN)/python -m bench ai || status=$$?; \
+		$(BIN)/python -m bench analytics || status=$$?; exit $$status
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,8 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
                                 see bench/ai.py
     python -m bench regen [...] batch regeneration's throughput against the limit its
                                 concurrency sets (issue 3, target (b)): see bench/regen.py
+    python -m bench analytics [...]  the analytics aggregator's throughput and end-to-end lag,
+                                the dashboard at 10k and 1M messages (issue 4): bench/analytics.py
 """
 
 from __future__ import annotations
@@ -494,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import regen
 
         return regen.main(argv[1:])
+    if argv[:1] == ["analytics"]:
+        from bench import analytics
+
+        return analytics.main(argv[1:])
     args = parse_args(argv)
     return run_scenario(
         lambda: run(args),

@@ -139,14 +139,14 @@ class Aggregator:
         self, conn: psycopg.Connection[Any], batch: Sequence[Delivered]
     ) -> list[Delivered]:
         """Applies the batch in one transaction; returns the events that were new."""
-        unique: dict[Any, Delivered] = {}
+        unique: dict[str, Delivered] = {}
         for one in batch:
-            unique.setdefault(one.event.id, one)
+            unique.setdefault(str(one.event.id), one)
         with conn.transaction():
             new = repo.record_events(
-                conn, [(one.event.id, one.event.occurred_at) for one in unique.values()]
+                conn, [(event_id, one.event.occurred_at) for event_id, one in unique.items()]
             )
-            fresh = [one for one in unique.values() if one.event.id in new]
+            fresh = [one for event_id, one in unique.items() if event_id in new]
             events = [(one.event, one.data) for one in fresh]
             stored = repo.lock_conversations(conn, conversation_owners(events))
             plan = plan_batch(events, stored)

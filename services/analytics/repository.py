@@ -1,12 +1,13 @@
 """Every SQL statement of the analytics read API (asyncpg): small indexed reads of the rollups,
-never of the chat tables. A dashboard reads one user's totals row, its per-agent totals, and
-its 15-minute buckets within the two periods shown, whatever the number of messages stored.
+never of the chat tables. A dashboard is one statement reading one user's totals row, its
+per-agent totals, and its 15-minute buckets within the two periods shown, whatever the number
+of messages stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 
 from asyncpg import Record
 
@@ -15,76 +16,78 @@ from shared.db.pool import Conn
 S = "analytics"
 
 
-async def user_totals(conn: Conn, *, user_id: int) -> Record | None:
-    return await conn.fetchrow(
-        f"""
-        SELECT conversations, messages, agent_messages, replies_completed, replies_failed,
-               reply_time_us
-        FROM {S}.user_totals WHERE user_id = $1
-        """,
-        user_id,
-    )
-
-
-async def most_active_agent(conn: Conn, *, user_id: int) -> Record | None:
-    """The agent with the most messages in the user's conversations (lowest id on a tie)."""
-    return await conn.fetchrow(
-        f"""
-        SELECT agent_id, messages FROM {S}.user_agent_totals
-        WHERE user_id = $1 AND agent_id <> 0 AND messages > 0
-        ORDER BY messages DESC, agent_id
-        LIMIT 1
-        """,
-        user_id,
-    )
-
-
-async def daily_activity(
+async def dashboard(
     conn: Conn,
     *,
     user_id: int,
-    days: Sequence[date],
-    starts: Sequence[datetime],
-    ends: Sequence[datetime],
-) -> list[Record]:
-    """Per local day (given as its UTC start and end): conversations, messages, agent messages
-    created that day, zeros included."""
-    return await conn.fetch(
+    day_starts: Sequence[datetime],
+    end: datetime,
+    period_starts: Sequence[datetime],
+) -> Record:
+    """One user's figures in one statement (so one snapshot): their totals, their most active
+    agent (most messages, lowest id on a tie), and over [day_starts[0], end): per day (the
+    1-based index of its start in `day_starts`) conversations, messages and agent messages, and
+    per period (index in `period_starts`) and agent, that agent's messages. Days without
+    activity are absent; every read is an index range of the user's rows within the range."""
+    row = await conn.fetchrow(
         f"""
-        SELECT d.day,
-               COALESCE(sum(a.conversations), 0)::bigint AS conversations,
-               COALESCE(sum(a.messages), 0)::bigint AS messages,
-               COALESCE(sum(a.agent_messages), 0)::bigint AS agent_messages
-        FROM unnest($2::date[], $3::timestamptz[], $4::timestamptz[]) AS d(day, lo, hi)
-        LEFT JOIN {S}.user_activity a
-               ON a.user_id = $1 AND a.bucket >= d.lo AND a.bucket < d.hi
-        GROUP BY d.day
-        ORDER BY d.day
+        WITH days AS (
+            SELECT width_bucket(bucket, $2::timestamptz[]) AS i, sum(conversations) AS c,
+                   sum(messages) AS m, sum(agent_messages) AS am
+            FROM {S}.user_activity
+            WHERE user_id = $1 AND bucket >= ($2::timestamptz[])[1] AND bucket < $3
+            GROUP BY 1
+        ), agents AS (
+            SELECT width_bucket(bucket, $4::timestamptz[]) AS p, agent_id, sum(messages) AS m
+            FROM {S}.user_agent_activity
+            WHERE user_id = $1 AND bucket >= ($4::timestamptz[])[1] AND bucket < $3
+            GROUP BY 1, 2
+        ), top AS (
+            SELECT agent_id, messages FROM {S}.user_agent_totals
+            WHERE user_id = $1 AND agent_id <> 0 AND messages > 0
+            ORDER BY messages DESC, agent_id
+            LIMIT 1
+        )
+        SELECT t.conversations, t.messages, t.agent_messages, t.replies_completed,
+               t.replies_failed, t.reply_time_us,
+               (SELECT agent_id FROM top) AS top_agent_id,
+               (SELECT messages FROM top) AS top_messages,
+               ARRAY(SELECT i FROM days ORDER BY i) AS day_index,
+               ARRAY(SELECT c FROM days ORDER BY i) AS day_conversations,
+               ARRAY(SELECT m FROM days ORDER BY i) AS day_messages,
+               ARRAY(SELECT am FROM days ORDER BY i) AS day_agent_messages,
+               ARRAY(SELECT p FROM agents WHERE m > 0 ORDER BY p, agent_id) AS period_index,
+               ARRAY(SELECT agent_id FROM agents WHERE m > 0 ORDER BY p, agent_id)
+                   AS period_agent,
+               ARRAY(SELECT m FROM agents WHERE m > 0 ORDER BY p, agent_id) AS period_messages
+        FROM (SELECT 1) AS one
+        LEFT JOIN {S}.user_totals t ON t.user_id = $1
         """,
         user_id,
-        list(days),
-        list(starts),
-        list(ends),
+        list(day_starts),
+        end,
+        list(period_starts),
     )
+    assert row is not None  # the LEFT JOIN always yields one row
+    return row
 
 
-async def agents_by_period(
-    conn: Conn, *, user_id: int, starts: Sequence[datetime], ends: Sequence[datetime]
+async def daily_activity(
+    conn: Conn, *, user_id: int, day_starts: Sequence[datetime], end: datetime
 ) -> list[Record]:
-    """Per period (its index in the arguments) and agent: the agent's messages in the user's
-    conversations within the period."""
+    """Per day (1-based index of its start in `day_starts`) within [day_starts[0], end):
+    conversations, messages and agent messages; days without activity are absent."""
     return await conn.fetch(
         f"""
-        SELECT p.period, a.agent_id, sum(a.messages)::bigint AS messages
-        FROM unnest($2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY AS p(lo, hi, period)
-        JOIN {S}.user_agent_activity a
-          ON a.user_id = $1 AND a.bucket >= p.lo AND a.bucket < p.hi
-        GROUP BY p.period, a.agent_id
-        HAVING sum(a.messages) > 0
+        SELECT width_bucket(bucket, $2::timestamptz[]) AS i, sum(conversations) AS c,
+               sum(messages) AS m, sum(agent_messages) AS am
+        FROM {S}.user_activity
+        WHERE user_id = $1 AND bucket >= ($2::timestamptz[])[1] AND bucket < $3
+        GROUP BY 1
         """,
         user_id,
-        list(starts),
-        list(ends),
+        list(day_starts),
+        end,
     )
 
 

@@ -30,21 +30,38 @@ S = "analytics"
 Conn = psycopg.Connection[Any]
 
 
-def record_events(conn: Conn, events: Sequence[tuple[UUID, datetime]]) -> set[UUID]:
+def array(values: Iterable[Any]) -> str:
+    """A Postgres array literal of ints, UUIDs, aware datetimes or None (cast in the SQL). One
+    string per column is several times cheaper to build and send than the driver's per-element
+    adaptation of a list, which was the aggregator's largest CPU cost."""
+    return "{" + ",".join(_element(value) for value in values) + "}"
+
+
+def _element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int | UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return f'"{value.isoformat()}"'
+    raise TypeError(f"no array element for {type(value).__name__}")
+
+
+def record_events(conn: Conn, events: Sequence[tuple[str, datetime]]) -> set[str]:
     """Marks events as applied; returns the ones that were not already (applied before, or
     being applied by another aggregator right now: its row lock makes this wait for its
     commit, then skips them)."""
     if not events:
         return set()
-    ordered = sorted(events)
+    ordered = sorted(events)  # ids as text: cheap to compare
     rows = conn.execute(
         f"""
         INSERT INTO {S}.processed_events (event_id, occurred_at)
         SELECT * FROM unnest(%s::uuid[], %s::timestamptz[])
         ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
+        RETURNING event_id::text
         """,
-        ([event_id for event_id, _ in ordered], [at for _, at in ordered]),
+        ("{" + ",".join(event_id for event_id, _ in ordered) + "}", array(at for _, at in ordered)),
     ).fetchall()
     return {row[0] for row in rows}
 
@@ -61,7 +78,7 @@ def lock_conversations(conn: Conn, owners: dict[int, int]) -> dict[int, Conversa
         ON CONFLICT (conversation_id) DO UPDATE SET user_id = c.user_id
         RETURNING conversation_id, user_id, agent_id, agent_set_at, created_at, deleted_at
         """,
-        (ids, [owners[cid] for cid in ids]),
+        (array(ids), array(owners[cid] for cid in ids)),
     ).fetchall()
     return {row[0]: ConversationState(*row) for row in rows}
 
@@ -81,11 +98,11 @@ def save_conversations(conn: Conn, states: Iterable[ConversationState]) -> None:
         WHERE c.conversation_id = u.conversation_id
         """,
         (
-            [s.conversation_id for s in changed],
-            [s.agent_id for s in changed],
-            [s.agent_set_at for s in changed],
-            [s.created_at for s in changed],
-            [s.deleted_at for s in changed],
+            array(s.conversation_id for s in changed),
+            array(s.agent_id for s in changed),
+            array(s.agent_set_at for s in changed),
+            array(s.created_at for s in changed),
+            array(s.deleted_at for s in changed),
         ),
     )
 
@@ -100,14 +117,14 @@ def take_conversation_rows(
         DELETE FROM {S}.conversation_buckets WHERE conversation_id = ANY(%s::int[])
         RETURNING conversation_id, bucket, agent_id, messages, agent_messages
         """,
-        (ids,),
+        (array(ids),),
     ).fetchall()
     agents = conn.execute(
         f"""
         DELETE FROM {S}.conversation_agents WHERE conversation_id = ANY(%s::int[])
         RETURNING conversation_id, agent_id, replies_completed, replies_failed, reply_time_us
         """,
-        (ids,),
+        (array(ids),),
     ).fetchall()
     return buckets, agents
 
@@ -146,7 +163,7 @@ def add_rows(
         for index, value in enumerate(values):
             columns[width + index].append(value)
     sql = _upsert_sql(table, returning)
-    cursor = conn.execute(sql, columns)
+    cursor = conn.execute(sql, [array(column) for column in columns])
     return cursor.fetchall() if returning else []
 
 

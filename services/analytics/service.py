@@ -16,7 +16,6 @@ import asyncpg
 from services.analytics import repository as repo
 from services.analytics.agents import AgentDirectory
 from services.analytics.periods import Day, Period, select, zone
-from shared.db.pool import Conn
 from shared.tokens import Principal
 
 MICROSECONDS = Decimal(1_000_000)
@@ -67,28 +66,29 @@ def _range(period: Period) -> dict[str, Any]:
     return {"from": period.first, "to": period.last, "days": len(period.days)}
 
 
-async def _daily(conn: Conn, user_id: int, days: Sequence[Day]) -> list[DailyRow]:
-    rows = await repo.daily_activity(
-        conn,
-        user_id=user_id,
-        days=[d.day for d in days],
-        starts=[d.start for d in days],
-        ends=[d.end for d in days],
-    )
-    return [
-        DailyRow(r["day"], r["conversations"], r["messages"], r["agent_messages"]) for r in rows
-    ]
+def _days(
+    days: Sequence[Day],
+    index: Sequence[int],
+    conversations: Sequence[int],
+    messages: Sequence[int],
+    agent_messages: Sequence[int],
+) -> list[DailyRow]:
+    """Every day of the range, zeros included, from the days that had activity (1-based)."""
+    found = {
+        i: (c, m, am)
+        for i, c, m, am in zip(index, conversations, messages, agent_messages, strict=True)
+    }
+    return [DailyRow(d.day, *map(int, found.get(n, (0, 0, 0)))) for n, d in enumerate(days, 1)]
 
 
-def _most_active(rows: Sequence[asyncpg.Record], period: int) -> tuple[int, int] | None:
+def _most_active(
+    periods: Sequence[int], agents: Sequence[int], messages: Sequence[int], period: int
+) -> tuple[int, int] | None:
     """(agent, messages) with the most messages in the period; the lowest id on a tie."""
     best: tuple[int, int] | None = None
-    for row in rows:
-        if row["period"] != period:
-            continue
-        candidate = (int(row["agent_id"]), int(row["messages"]))
-        if best is None or (candidate[1], -candidate[0]) > (best[1], -best[0]):
-            best = candidate
+    for p, agent_id, count in zip(periods, agents, messages, strict=True):
+        if p == period and (best is None or (count, -agent_id) > (best[1], -best[0])):
+            best = (int(agent_id), int(count))
     return best
 
 
@@ -121,33 +121,40 @@ class AnalyticsService:
     ) -> dict[str, Any]:
         tz = zone(time_zone)
         current, previous = select(tz=tz, first=first, last=last, days=days, today=None)
-        async with (
-            pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            totals = await repo.user_totals(conn, user_id=user.user_id)
-            top = await repo.most_active_agent(conn, user_id=user.user_id)
-            daily = await _daily(conn, user.user_id, previous.days + current.days)
-            by_period = await repo.agents_by_period(
+        shown = previous.days + current.days
+        async with pool.acquire() as conn:
+            row = await repo.dashboard(
                 conn,
                 user_id=user.user_id,
-                starts=[current.start, previous.start],
-                ends=[current.end, previous.end],
+                day_starts=[d.start for d in shown],
+                end=current.end,
+                period_starts=[previous.start, current.start],
             )
+        daily = _days(
+            shown,
+            row["day_index"],
+            row["day_conversations"],
+            row["day_messages"],
+            row["day_agent_messages"],
+        )
         before, now = daily[: len(previous.days)], daily[len(previous.days) :]
-        overall = (int(top["agent_id"]), int(top["messages"])) if top is not None else None
-        current_top, previous_top = _most_active(by_period, 1), _most_active(by_period, 2)
+        overall = (
+            (int(row["top_agent_id"]), int(row["top_messages"]))
+            if row["top_agent_id"] is not None
+            else None
+        )
+        by_period = (row["period_index"], row["period_agent"], row["period_messages"])
+        previous_top = _most_active(*by_period, 1)
+        current_top = _most_active(*by_period, 2)
         wanted = {best[0] for best in (overall, current_top, previous_top) if best is not None}
         names = await agents.names(wanted, authorization) if wanted else {}
-        completed = totals["replies_completed"] if totals else 0
-        failed = totals["replies_failed"] if totals else 0
+        completed = row["replies_completed"] or 0
+        failed = row["replies_failed"] or 0
         return {
-            "total_conversations": totals["conversations"] if totals else 0,
-            "total_messages": totals["messages"] if totals else 0,
-            "total_agent_messages": totals["agent_messages"] if totals else 0,
-            "average_response_time": mean_seconds(
-                totals["reply_time_us"] if totals else 0, completed
-            ),
+            "total_conversations": row["conversations"] or 0,
+            "total_messages": row["messages"] or 0,
+            "total_agent_messages": row["agent_messages"] or 0,
+            "average_response_time": mean_seconds(row["reply_time_us"] or 0, completed),
             "ai_replies_completed": completed,
             "ai_replies_failed": failed,
             "success_rate": percent(completed, completed + failed),
@@ -177,7 +184,19 @@ class AnalyticsService:
         """(file name, CSV bytes) of the selected period's daily stats."""
         current, _ = select(tz=zone(time_zone), first=first, last=last, days=days, today=None)
         async with pool.acquire() as conn:
-            rows = await _daily(conn, user.user_id, current.days)
+            found = await repo.daily_activity(
+                conn,
+                user_id=user.user_id,
+                day_starts=[d.start for d in current.days],
+                end=current.end,
+            )
+        rows = _days(
+            current.days,
+            [r["i"] for r in found],
+            [r["c"] for r in found],
+            [r["m"] for r in found],
+            [r["am"] for r in found],
+        )
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(["date", "conversations", "messages", "agent_messages"])

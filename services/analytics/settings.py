@@ -40,7 +40,7 @@ class AggregatorSettings(ServiceSettings):
     # Aggregators of one group share the stream's entries; each consumer name must be unique.
     group: str = "analytics"
     consumer: str = Field(default_factory=_default_consumer)
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=1)
     # Entries pending this long (their aggregator died, or applying them failed) are taken over.
     claim_idle_ms: int = Field(default=30_000, ge=100)
