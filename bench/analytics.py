@@ -164,7 +164,15 @@ class Run:
         child.stop()
 
     def db(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.database_url, autocommit=True)
+        """A connection; retried for a while when a shared server is out of connections."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return psycopg.connect(self.database_url, autocommit=True)
+            except psycopg.OperationalError as exc:
+                if "too many clients" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # a retry interval
 
     def reset_analytics(self) -> None:
         """Empty rollups and no stream: each measurement starts from the same state."""

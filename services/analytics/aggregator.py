@@ -142,7 +142,10 @@ class Aggregator:
         unique: dict[str, Delivered] = {}
         for one in batch:
             unique.setdefault(str(one.event.id), one)
-        with conn.transaction():
+        # Pipeline mode: the writes that need no answer go out together with the next statement
+        # whose answer is needed (or the commit): a batch costs a few round trips, not a dozen,
+        # which is most of the lag a small batch adds.
+        with conn.pipeline(), conn.transaction():
             new = repo.record_events(
                 conn, [(event_id, one.event.occurred_at) for event_id, one in unique.items()]
             )

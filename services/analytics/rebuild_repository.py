@@ -239,3 +239,9 @@ def replace_rollups(conn: Conn) -> None:
         ON CONFLICT (event_id) DO NOTHING
         """
     )
+
+
+def vacuum_rollups(conn: Conn) -> None:
+    """VACUUM (ANALYZE) every rollup table (outside a transaction)."""
+    for name in ("conversations", *(table.name for table in TABLES)):
+        conn.execute(f"VACUUM (ANALYZE) {S}.{name}")
