@@ -120,6 +120,10 @@ def rebuild(database_url: str, *, limit: int = 1000) -> Report:
         repo.compute_expected(conn)
         total, found = _compare(conn, limit)
         repo.replace_rollups(conn)
+    # Every row was replaced: vacuum (the dashboards' index-only scans need the visibility map)
+    # and fresh statistics, now rather than when autovacuum gets to it.
+    with psycopg.connect(plain_dsn(database_url), autocommit=True) as conn:
+        repo.vacuum_rollups(conn)
     return Report(total, found, time.perf_counter() - started)
 
 
