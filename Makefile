@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python -m bench ai || status=$$?; \
 	$(BIN)/python -m bench regen || status=$$?; \
 	$(BIN)/python -m bench export || status=$$?; \
+	$(BIN)/python -m bench analytics || status=$$?; \
 	exit $$status
 
 clean:

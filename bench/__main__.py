@@ -15,6 +15,8 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
     python -m bench export [...] exporting 10,000 messages in memory that does not grow with
                                 the history, and the import round trip (issue 5):
                                 see bench/export.py
+    python -m bench analytics [...]  the analytics aggregator's throughput and end-to-end lag,
+                                the dashboard at 10k and 1M messages (issue 4): bench/analytics.py
 """
 
 from __future__ import annotations
@@ -506,6 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import export
 
         return export.main(argv[1:])
+    if argv[:1] == ["analytics"]:
+        from bench import analytics
+
+        return analytics.main(argv[1:])
     args = parse_args(argv)
     return run_scenario(
         lambda: run(args),

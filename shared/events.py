@@ -69,6 +69,10 @@ class MessageDeleted(_Data):
     conversation_id: int
     message_id: int
     sender: Literal["user", "agent"]
+    # What the message counted for, so consumers can take it off: its agent (as message.created
+    # named it) and its creation time.
+    agent_id: int | None = None
+    created_at: datetime | None = None
 
 
 class ConversationRead(_Data):

@@ -80,6 +80,27 @@ class Stack:
             process.wait_http_ok(url + spec.ready_path, Deadline(READY_TIMEOUT))
         return url, process
 
+    def restart_service(self, name: str) -> ManagedProcess:
+        """Start again the stack's own `name` process after a test killed it: same env, same
+        port, so the rest of the run finds the stack whole. Returns the new process once it
+        answers; the dead one stays listed (its log tail is shown on failure)."""
+        service = next(service for service in self.services if service.name == name)
+        service.process.wait_exit(Deadline(10.0))  # reaped: its port is free again
+        self.extra.append(service.process)
+        label = f"{name}-restarted-{len(self.extra)}"
+        service.process = ManagedProcess(
+            label,
+            service.spec.argv(),
+            log_path=self.log_dir / f"{label}.log",
+            env=self.env,
+            cwd=ROOT,
+        )
+        if service.url is not None:
+            service.process.wait_http_ok(
+                service.url + service.spec.ready_path, Deadline(READY_TIMEOUT)
+            )
+        return service.process
+
     def processes(self) -> list[ManagedProcess]:
         return [service.process for service in self.services] + self.extra
 

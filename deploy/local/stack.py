@@ -46,8 +46,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("chat", "services.chat", "CHAT_PORT", 8001),
     ServiceSpec("analytics", "services.analytics", "ANALYTICS_PORT", 8002),
     ServiceSpec("gateway", "services.gateway", "GATEWAY_PORT", 8000),
-    # The outbox relay, the webhook sender and the workers serve only their metrics over HTTP;
-    # answering there means they started.
+    # The outbox relay, the webhook sender, the analytics aggregator and the workers serve only
+    # their metrics over HTTP; answering there means they started.
     ServiceSpec(
         "relay",
         "services.chat.relay",
@@ -61,6 +61,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "services.chat.webhooks",
         "CHAT_WEBHOOKS_METRICS_PORT",
         9104,
+        health_path="/metrics",
+        ready_path="/metrics",
+    ),
+    ServiceSpec(
+        "aggregator",
+        "services.analytics.aggregator",
+        "ANALYTICS_AGGREGATOR_METRICS_PORT",
+        9103,
         health_path="/metrics",
         ready_path="/metrics",
     ),
@@ -90,7 +98,8 @@ def assign_ports(
     env: MutableMapping[str, str], specs: Iterable[ServiceSpec], *, free: bool
 ) -> None:
     """Give each service a port in `env` (a free one, or its default unless set), and wire the
-    gateway to chat and analytics unless GATEWAY_*_URL says otherwise."""
+    gateway to chat and analytics (and analytics to chat, for agent names) unless
+    GATEWAY_*_URL / ANALYTICS_CHAT_URL say otherwise."""
     for spec in specs:
         if spec.port_env is None:
             continue
@@ -100,6 +109,7 @@ def assign_ports(
             env.setdefault(spec.port_env, str(spec.default_port))
     env.setdefault("GATEWAY_CHAT_URL", f"http://127.0.0.1:{env.get('CHAT_PORT', 8001)}")
     env.setdefault("GATEWAY_ANALYTICS_URL", f"http://127.0.0.1:{env.get('ANALYTICS_PORT', 8002)}")
+    env.setdefault("ANALYTICS_CHAT_URL", f"http://127.0.0.1:{env.get('CHAT_PORT', 8001)}")
 
 
 def run_migrations(

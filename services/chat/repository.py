@@ -418,10 +418,21 @@ async def delete_message(
     )
     if counted is None:
         return None
+    # The agent a deleted agent message counted for, as analytics attributed it: its job's (as
+    # the worker stored the usage), else the conversation's.
     gone = await conn.fetchrow(
-        "DELETE FROM chat.messages WHERE id = $1 AND conversation_id = $2 RETURNING id, sender",
+        """
+        DELETE FROM chat.messages m WHERE m.id = $1 AND m.conversation_id = $2
+        RETURNING m.id, m.sender, m.created_at,
+                  CASE WHEN m.sender <> 'agent' THEN NULL
+                       WHEN m.ai_job_id IS NOT NULL THEN (
+                           SELECT COALESCE(u.agent_id, j.agent_id) FROM chat.ai_jobs j
+                           LEFT JOIN chat.ai_usage u ON u.job_id = j.id WHERE j.id = m.ai_job_id)
+                       ELSE $3::integer END AS agent_id
+        """,
         message_id,
         conversation_id,
+        counted["agent_id"],
     )
     await conn.execute(
         """

@@ -343,6 +343,8 @@ class MessageService:
                 "conversation_id": conversation_id,
                 "message_id": message_id,
                 "sender": gone["sender"],
+                "agent_id": gone["agent_id"],
+                "created_at": gone["created_at"],
             },
         )
         return {"message_id": message_id, "conversation_id": conversation_id}
