@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from services.ai_worker.app import app, resources, settings
 from services.ai_worker.sweeper import JobSweeper
@@ -23,6 +23,8 @@ def main() -> None:
         for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if settings.metrics_port:
+        # The queue's depth and age, read at each scrape (services/ai_worker/queue_metrics.py).
+        REGISTRY.register(resources.queue_collector)
         start_http_server(settings.metrics_port, addr=settings.host)
     sweeper = JobSweeper(app, resources.replies, resources.batches)
     sweeper.start()

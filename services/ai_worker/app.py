@@ -5,10 +5,13 @@ from __future__ import annotations
 from functools import cached_property
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, create_engine
 
 from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.llm import LLMClient
+from services.ai_worker.queue_metrics import QueueCollector
 from services.ai_worker.service import ReplyService
 from services.ai_worker.settings import WorkerSettings
 from shared.db.pool import sqlalchemy_url
@@ -64,6 +67,27 @@ class Resources:
             redis.Redis.from_url(settings.redis_url, socket_timeout=5),
             self.batches,
         )
+
+    @cached_property
+    def queue_collector(self) -> QueueCollector:
+        # Its own connection and short timeouts: a scrape never waits for a pool that busy
+        # jobs hold, nor hangs on a slow dependency.
+        engine = create_engine(
+            sqlalchemy_url(settings.database_url),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=2,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 2},
+        )
+        # No retries either: a scrape that cannot read Redis at once reports the error.
+        broker = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return QueueCollector(broker, engine, prefix=settings.redis_prefix)
 
 
 resources = Resources()

@@ -486,3 +486,20 @@ def finish_batch(conn: Connection, *, batch_id: int, status: str) -> None:
 def running_batches(conn: Connection) -> list[int]:
     rows = conn.execute(text("SELECT id FROM chat.ai_batches WHERE status = 'running'"))
     return [int(row[0]) for row in rows]
+
+
+# --- queue metrics --------------------------------------------------------------------------------
+
+
+def queued_jobs(conn: Connection) -> tuple[int, float]:
+    """How many jobs are queued (no worker started them yet) and the age in seconds of the
+    oldest one (0 when none); read through the partial index on unfinished jobs."""
+    row = conn.execute(
+        text(
+            """
+            SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)
+            FROM chat.ai_jobs WHERE status = 'queued'
+            """
+        )
+    ).one()
+    return int(row[0]), max(0.0, float(row[1]))
