@@ -234,7 +234,6 @@ class Target:
     database_url: str
     poll: float
     database: str
-    monitor_url: str  # another database of the server, so the lock sampler is not measured
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.gateway_url + path
@@ -288,32 +287,32 @@ def run_batch(
 
 class LockWaits(threading.Thread):
     """Samples, every `INTERVAL` seconds, how many of the run's Postgres backends wait for a
-    lock (each top-up takes its batch's row lock) and how many are active."""
+    lock (each top-up takes its batch's row lock) and how many are active; on the meter's
+    connection, which the CPU figures leave out. Stops sampling at the first error."""
 
     INTERVAL = 0.05
 
-    def __init__(self, monitor_url: str, database: str) -> None:
+    def __init__(self, meter: CpuMeter, database: str) -> None:
         super().__init__(name="lock-waits", daemon=True)
-        self._conn = psycopg.connect(monitor_url, autocommit=True)
+        self._meter = meter
         self._database = database
         self._done = threading.Event()
         self.samples: list[tuple[int, int]] = []
 
     def run(self) -> None:
-        try:
-            while not self._done.wait(self.INTERVAL):  # the sampling period
-                row = self._conn.execute(
+        while not self._done.wait(self.INTERVAL):  # the sampling period
+            try:
+                rows = self._meter.query(
                     """
                     SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
                            count(*) FILTER (WHERE state = 'active')
-                    FROM pg_stat_activity WHERE datname = %s
+                    FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
                     """,
                     (self._database,),
-                ).fetchone()
-                if row is not None:
-                    self.samples.append((int(row[0]), int(row[1])))
-        finally:
-            self._conn.close()
+                )
+            except psycopg.Error:
+                return
+            self.samples.append((int(rows[0][0]), int(rows[0][1])))
 
     def finish(self) -> dict[str, Any]:
         self._done.set()
@@ -463,7 +462,7 @@ def measure_batch(
     timeout: float,
 ) -> dict[str, Any]:
     """One batch with the CPU each process used meanwhile (per reply) and the machine's load."""
-    waits = LockWaits(target.monitor_url, target.database)
+    waits = LockWaits(meter, target.database)
     waits.start()
     try:
         before, busy_before, cpu_before = meter.snapshot(), machine_cpu(), time.process_time()
@@ -574,7 +573,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             database_url,
             args.poll,
             database,
-            servers.database_url("postgres"),
         )
         status, raw = http_get(stack.urls["stub"] + "/control", timeout=10.0)
         behaviour = orjson.loads(raw)["behaviour"] if status == 200 else {}
@@ -622,6 +620,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["round"] = index + 1
                 entry["quiet_before"] = round(quiet, 3)
                 rounds[concurrency].append(entry)
+                report.write_json({"rounds": rounds}, run_dir / "rounds.json")  # so far
                 print(
                     f"bench:   {entry['replies']} replies in {entry['seconds']:.2f}s: "
                     f"{entry['rps']:.1f}/s = {entry['share']:.1%} of {entry['limit_rps']:.0f}/s; "
