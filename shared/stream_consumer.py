@@ -93,6 +93,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def stream_lost(exc: redis.ResponseError) -> bool:
+    """Whether a reply error means the stream (and so the group) is gone: NOGROUP on the next
+    command, or, for a consumer blocked in XREADGROUP when the key was deleted (Redis 7),
+    "UNBLOCKED the stream key no longer exists"."""
+    text = str(exc)
+    return "NOGROUP" in text or text.startswith("UNBLOCKED")
+
+
 def entry_age_seconds(entry_id: str) -> float:
     """Stream entry ids start with their append time in milliseconds."""
     return max(0.0, time.time() - int(entry_id.split("-", 1)[0]) / 1000)
@@ -136,7 +144,7 @@ class StreamConsumer:
                 while not self.stopping.is_set():
                     self.step()
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not stream_lost(exc):
                     raise
                 log.warning("consumer_group_missing", group=self.group)  # Redis lost its data
             except redis.ConnectionError as exc:

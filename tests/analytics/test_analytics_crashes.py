@@ -60,8 +60,8 @@ def test_killed_aggregators_and_relay_and_a_redis_data_loss_lose_and_double_noth
     dead_before = redis_client.xlen(dead)
     # Two more aggregators share the group; a second relay waits as a standby.
     _, extra_aggregator = stack.start_service("aggregator")
-    stack.start_service("aggregator")
-    stack.start_service("relay")
+    _, survivor = stack.start_service("aggregator")
+    _, extra_relay = stack.start_service("relay")
     progress = Progress()
 
     def run(user: User, offset: int) -> None:
@@ -93,4 +93,10 @@ def test_killed_aggregators_and_relay_and_a_redis_data_loss_lose_and_double_noth
     assert_figures_match_chat_tables(http, db, users, admin, tz="Europe/Paris")
     # Taken over or replayed, never given up on.
     assert redis_client.xlen(dead) == dead_before
+    # The aggregator that was reading when the stream vanished went on (it recreated the group).
+    assert survivor.returncode is None, survivor.tail()
     redis_client.close()
+    # The stack's own (restarted) aggregator and relay carry on for the other tests; the extra
+    # processes give their database connections back.
+    survivor.stop()
+    extra_relay.stop()

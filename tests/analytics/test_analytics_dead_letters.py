@@ -42,17 +42,21 @@ def test_a_malformed_event_is_dead_lettered_and_the_stream_keeps_flowing(
 ) -> None:
     stream, _ = stream_names(stack.redis_prefix)
     entry = client.xadd(stream, {"event": b'{"id": "not an event"'}).decode()
-    user = new_user()
-    conversation = create_conversation(http, user)
-    add_message(http, user, conversation["id"])
+    try:
+        user = new_user()
+        conversation = create_conversation(http, user)
+        add_message(http, user, conversation["id"])
 
-    found = wait_for(
-        lambda: dead_letter(client, stack, lambda f: f[b"entry_id"] == entry.encode()),
-        "the malformed entry in the dead-letter stream",
-    )
-    assert found[b"reason"].startswith(b"invalid event"), found
-    assert found[b"event"] == b'{"id": "not an event"'
-    wait_for(lambda: dashboard(http, user)["total_messages"] == 1, "the events after it")
+        found = wait_for(
+            lambda: dead_letter(client, stack, lambda f: f[b"entry_id"] == entry.encode()),
+            "the malformed entry in the dead-letter stream",
+        )
+        assert found[b"reason"].startswith(b"invalid event"), found
+        assert found[b"event"] == b'{"id": "not an event"'
+        wait_for(lambda: dashboard(http, user)["total_messages"] == 1, "the events after it")
+    finally:
+        # Other tests read the whole stream and expect only valid events in it.
+        client.xdel(stream, entry)
 
 
 def test_an_event_that_cannot_be_applied_is_dead_lettered_after_its_retries(

@@ -4,6 +4,7 @@ acknowledgement after apply, poison isolation, reclaim, dead letters, a lost gro
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -148,6 +149,45 @@ def test_an_entry_of_a_crashed_consumer_is_reclaimed(client: redis.Redis, prefix
         loop.step()
     assert apply.applied[0].data.conversation_id == 9
     assert client.xpending(stream, "test")["pending"] == 0
+
+
+def test_a_stream_deleted_under_a_blocked_read_is_a_lost_group(
+    stack: Stack, client: redis.Redis, prefix: str
+) -> None:
+    """Redis 7 wakes a consumer blocked in XREADGROUP on a deleted key with an UNBLOCKED error:
+    the loop must treat it as Redis losing its data (create the group again), not die."""
+    stream, _ = stream_names(prefix)
+    name = f"blocked-{secrets.token_hex(4)}"
+    own = redis.Redis.from_url(stack.redis_url, client_name=name, socket_timeout=30)
+    apply = Recorder()
+    loop = consumer(own, prefix, apply)
+    loop.block_ms = 10_000
+    worker = threading.Thread(target=loop.run, daemon=True)
+    worker.start()
+
+    def blocked() -> bool:
+        return any(
+            c.get("name") == name and c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+            for c in client.client_list()
+        )
+
+    try:
+        deadline = time.monotonic() + 10
+        while not blocked():
+            assert time.monotonic() < deadline, "the consumer never blocked in XREADGROUP"
+            time.sleep(0.01)  # a polling interval; the condition above is what is waited on
+        client.delete(stream)
+        client.xadd(stream, {"event": event(conversation_id=9)})
+        while not apply.applied:
+            assert worker.is_alive(), "the consumer loop died"
+            assert time.monotonic() < deadline + 10, "the event after the loss was not applied"
+            time.sleep(0.01)  # a polling interval
+    finally:
+        loop.block_ms = 10  # the next read returns at once, and the loop sees it should stop
+        loop.stopping.set()
+        worker.join(timeout=15)
+        own.close()
+    assert [one.data.conversation_id for one in apply.applied] == [9]
 
 
 def test_a_lost_group_is_created_again(client: redis.Redis, prefix: str) -> None:
