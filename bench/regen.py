@@ -231,9 +231,8 @@ class Target:
     gateway_url: str
     stub_url: str
     headers: dict[str, str]
-    database_url: str
     poll: float
-    database: str
+    database: str  # its name, for the lock sampler
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.gateway_url + path
@@ -359,24 +358,22 @@ _SEGMENTS = (
 )  # fmt: skip
 
 
-def _job_rows(database_url: str, batch_id: int) -> tuple[list[tuple[Any, ...]], float]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            """
-            SELECT j.status, extract(epoch FROM j.created_at)::float8,
-                   extract(epoch FROM j.started_at)::float8,
-                   extract(epoch FROM j.finished_at)::float8, j.attempts, p.content
-            FROM chat.ai_jobs j JOIN chat.messages p ON p.id = j.prompt_message_id
-            WHERE j.batch_id = %s
-            """,
-            (batch_id,),
-        ).fetchall()
-        created = conn.execute(
-            "SELECT extract(epoch FROM created_at)::float8 FROM chat.ai_batches WHERE id = %s",
-            (batch_id,),
-        ).fetchone()
-    assert created is not None
-    return list(rows), float(created[0])
+def _job_rows(meter: CpuMeter, batch_id: int) -> tuple[list[tuple[Any, ...]], float]:
+    rows = meter.query(
+        """
+        SELECT j.status, extract(epoch FROM j.created_at)::float8,
+               extract(epoch FROM j.started_at)::float8,
+               extract(epoch FROM j.finished_at)::float8, j.attempts, p.content
+        FROM chat.ai_jobs j JOIN chat.messages p ON p.id = j.prompt_message_id
+        WHERE j.batch_id = %s
+        """,
+        (batch_id,),
+    )
+    created = meter.query(
+        "SELECT extract(epoch FROM created_at)::float8 FROM chat.ai_batches WHERE id = %s",
+        (batch_id,),
+    )
+    return rows, float(created[0][0])
 
 
 def analyse(
@@ -472,7 +469,7 @@ def measure_batch(
         postgres = waits.finish()
     used = CpuMeter.delta(before, after)
     used["load generator"] = time.process_time() - cpu_before
-    rows, created = _job_rows(target.database_url, run["batch"]["id"])
+    rows, created = _job_rows(meter, run["batch"]["id"])
     status, raw = http_get(target.stub_url + "/control/stats", timeout=10.0)
     entry = analyse(
         run, rows, created, stub_records(target.stub_url),
@@ -512,18 +509,16 @@ def _check(entry: dict[str, Any], expected: int) -> list[str]:
     return problems
 
 
-def current_replies(database_url: str, agent_id: int) -> int:
+def current_replies(meter: CpuMeter, agent_id: int) -> int:
     """The agent's current (not superseded) replies: each batch must replace, never add."""
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            """
-            SELECT count(*) FROM chat.messages m JOIN chat.conversations c
-                ON c.id = m.conversation_id
-            WHERE c.agent_id = %s AND m.sender = 'agent' AND m.status <> 'superseded'
-            """,
-            (agent_id,),
-        ).fetchone()
-    return int(row[0]) if row else 0
+    rows = meter.query(
+        """
+        SELECT count(*) FROM chat.messages m JOIN chat.conversations c ON c.id = m.conversation_id
+        WHERE c.agent_id = %s AND m.sender = 'agent' AND m.status <> 'superseded'
+        """,
+        (agent_id,),
+    )
+    return int(rows[0][0])
 
 
 def pick(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
@@ -570,7 +565,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.urls["gateway"],
             stack.urls["stub"],
             {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
-            database_url,
             args.poll,
             database,
         )
@@ -595,7 +589,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 latency=args.latency, timeout=timeout(args.concurrency, args.warmup),
             )  # fmt: skip
             problems = _check(warmup, args.warmup)
-            if problems or current_replies(database_url, replies.agent_id) != args.replies:
+            if problems or current_replies(meter, replies.agent_id) != args.replies:
                 raise RuntimeError(f"pre-check: the warm-up batch went wrong: {problems}")
             print(
                 f"bench: warm-up batch: {warmup['replies']} replies regenerated in "
@@ -643,11 +637,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rate_limited = gateway_rate_limited(stack.urls["gateway"])
         if rate_limited:
             problems.append(f"the gateway rate-limited {rate_limited} requests")
-        left = current_replies(database_url, replies.agent_id)
+        left = current_replies(meter, replies.agent_id)
         if left != args.replies:
             problems.append(f"{left} current replies at the end instead of {args.replies}")
-        with psycopg.connect(database_url) as conn:
-            version_row = conn.execute("SHOW server_version").fetchone()
+        (version_row,) = meter.query("SHOW server_version")
         import celery
         import openai
 
