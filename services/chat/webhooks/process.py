@@ -49,8 +49,9 @@ CLEANUP_INTERVAL_SECONDS = 600.0
 
 
 def event_body(event: Event) -> str:
-    """The event as its webhook body: the very JSON object of the stream (shared/events.py)."""
-    return orjson.dumps(event.model_dump(), option=orjson.OPT_UTC_Z).decode()
+    """The event as its webhook body: the JSON object of the stream (shared/events.py), without
+    its `trace` (our internal request and span ids are no business of the receiver)."""
+    return orjson.dumps(event.model_dump(exclude={"trace"}), option=orjson.OPT_UTC_Z).decode()
 
 
 class Enqueuer:
