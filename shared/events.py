@@ -16,8 +16,8 @@ An event is a JSON object:
   X-Request-ID and the W3C `traceparent` of the hop that wrote the event (a chat request, or the
   AI worker's task on behalf of the request that enqueued it); see shared/tracing.py. It is
   absent on events written outside any request and on events from before it existed, and it is
-  only for following a request through the logs: consumers never act on it. Webhook bodies
-  leave it out.
+  only for following a request through the logs: consumers never act on it (webhook bodies,
+  being the event as it is, carry it too).
 
 Events are written to `chat.outbox` in the same transaction as the change, then appended by the
 relay to the Redis stream `chat.events` (field `event`: the JSON above), in outbox order, at least
