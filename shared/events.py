@@ -17,7 +17,8 @@ An event is a JSON object:
   AI worker's task on behalf of the request that enqueued it); see shared/tracing.py. It is
   absent on events written outside any request and on events from before it existed, and it is
   only for following a request through the logs: consumers never act on it (webhook bodies,
-  being the event as it is, carry it too).
+  being the event as it is, carry it too). A consumer from before it refuses an event with it
+  (the envelope forbids unknown fields): upgrade the consumers before the writers.
 
 Events are written to `chat.outbox` in the same transaction as the change, then appended by the
 relay to the Redis stream `chat.events` (field `event`: the JSON above), in outbox order, at least
