@@ -9,18 +9,24 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, RowMapping, text
 
-from shared.events import validate_data
+from shared.events import event_trace_json, validate_data
 
 
 def add_events(conn: Connection, user_id: int, *events: tuple[str, dict[str, Any]]) -> None:
     """Writes events (shared/events.py: type and data) to the outbox in the caller's
-    transaction, in one statement, in the order given."""
-    values = ", ".join(f"(:type{i}, :uid, CAST(:data{i} AS jsonb))" for i in range(len(events)))
-    params: dict[str, Any] = {"uid": user_id}
+    transaction, in one statement, in the order given, with the trace context of the task (or
+    sweep) in progress."""
+    values = ", ".join(
+        f"(:type{i}, :uid, CAST(:data{i} AS jsonb), CAST(:trace AS jsonb))"
+        for i in range(len(events))
+    )
+    params: dict[str, Any] = {"uid": user_id, "trace": event_trace_json()}
     for i, (event_type, data) in enumerate(events):
         params[f"type{i}"] = event_type
         params[f"data{i}"] = orjson.dumps(validate_data(event_type, data)).decode()
-    conn.execute(text(f"INSERT INTO chat.outbox (type, user_id, data) VALUES {values}"), params)
+    conn.execute(
+        text(f"INSERT INTO chat.outbox (type, user_id, data, trace) VALUES {values}"), params
+    )
 
 
 def start_job(conn: Connection, job_id: int) -> RowMapping | None:
