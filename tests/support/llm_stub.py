@@ -39,7 +39,7 @@ Steering it: the control API
 defaults; unknown fields are a 422), and answers `{"behaviour": {...}, "remaining": n|null}`:
 
     {"mode": "ok",                  # ok | reply | fail | hang | drop_stream_after
-     "delay_seconds": 0.0,          # before answering (before the response headers)
+     "delay_seconds": 0.0,          # from the request's arrival to the response headers
      "token_delay_seconds": 0.0,    # between tokens (non-streaming: waits as long in total)
      "reply": null,                 # fixed reply text instead of the echo (mode "reply" needs it)
      "status": 500,                 # fail: the HTTP status (429, 500, 503, any 4xx/5xx)
@@ -745,7 +745,12 @@ async def _answer(state: StubState, request: Request, rec: Received, body: Any) 
     completion_id = f"chatcmpl-stub{rec.id}"
     created = int(rec.received_at)
 
-    waited = await state.pause(request, None if plan.action == "hang" else plan.delay)
+    # The delay runs from the request's arrival: the stub's own parsing is part of it, so a
+    # stand-in "with 100 ms latency" answers 100 ms after it was asked, not 100 ms + its work.
+    delay = (
+        None if plan.action == "hang" else max(0.0, plan.delay - (time.time() - rec.received_at))
+    )
+    waited = await state.pause(request, delay)
     if waited != "elapsed":
         state.finish(rec, waited)
         return _error(503, "llm-stub: shutting down", kind="server_error")
