@@ -4,8 +4,9 @@ prometheus_client's `start_http_server` (whose exposition `/metrics` still is).
 
 - **/healthz** (alive): every liveness check passes. A loop proves it is alive with a
   `Heartbeat` it beats once per iteration (its waits on a dependency included, so an outage of
-  Postgres or Redis is not a reason to restart it); one that has not beaten for its
-  `stall_seconds` is wedged, and the orchestrator should restart the process.
+  Postgres or Redis is not a reason to restart it; their connections have timeouts, so a
+  black-holed server is an error, not a hang); one that has not beaten for its `stall_seconds`
+  is wedged, and the orchestrator should restart the process.
 - **/readyz** (ready): every readiness check passes: its dependencies answer (`postgres_check`,
   `redis_check`: a fresh connection with a 2 s timeout, so the probe never waits for a pool the
   process is busy with, nor holds a connection between probes).
@@ -80,6 +81,8 @@ def thread_check(thread: threading.Thread, heartbeat: Heartbeat | None = None) -
     """Alive: the thread runs (and, with a heartbeat, made progress recently)."""
 
     def check() -> str:
+        if thread.ident is None:
+            return "starting"
         if not thread.is_alive():
             return "error: thread ended"
         return heartbeat.check() if heartbeat is not None else OK

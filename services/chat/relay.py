@@ -91,7 +91,7 @@ class Relay:
             self.heartbeat.beat()
             try:
                 with psycopg.connect(
-                    plain_dsn(self.settings.database_url), autocommit=True
+                    plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                 ) as conn:
                     self._lead(conn)
             except psycopg.Error as exc:

@@ -108,7 +108,9 @@ class Enqueuer:
 
     def _connection(self) -> queue.Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(plain_dsn(self.settings.database_url), autocommit=True)
+            self._conn = psycopg.connect(
+                plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
+            )
         return self._conn
 
     def close(self) -> None:
@@ -185,7 +187,7 @@ class WebhookProcess:
             self.maintenance_heartbeat.beat()
             try:
                 with psycopg.connect(
-                    plain_dsn(self.settings.database_url), autocommit=True
+                    plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                 ) as conn:
                     while not self.stopping.is_set():
                         self.maintenance_heartbeat.beat()

@@ -131,7 +131,7 @@ class Sender(threading.Thread):
                 self.heartbeat.beat()
                 try:
                     with psycopg.connect(
-                        plain_dsn(self.settings.database_url), autocommit=True
+                        plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                     ) as conn:
                         self._serve(conn, http)
                 except psycopg.Error as exc:
