@@ -61,6 +61,7 @@ from bench.procs import (
 )
 from bench.pyspy import inclusive_shares, profile_during
 from bench.stack import start_ai_stack
+from services.ai_worker.gate import lookahead
 
 TARGET_SHARE = 0.90
 WORKER_CONCURRENCY = 32  # the AI worker's default AI_WORKER_CONCURRENCY, which the bench keeps
@@ -500,12 +501,20 @@ def _check(entry: dict[str, Any], expected: int) -> list[str]:
         )
     elif entry["failed"]:
         problems.append(f"{where}: {entry['failed']} failed jobs")
-    # Running (started_at -> finished_at) and at the LLM: never above C. The queued-or-running
-    # figure is not checked: a job's created_at is its top-up transaction's start, which may
-    # precede that transaction's wait for the batch's lock, and so the finishes it saw.
-    peak = max(entry["max_running_jobs"], entry["stub_max_in_flight"] or 0)
-    if peak > entry["concurrency"]:
-        problems.append(f"{where}: {peak} jobs running at once, above its concurrency")
+    # The limit is on model calls (services/ai_worker/gate.py): the stand-in LLM's own count of
+    # open requests never above C. Jobs running (started_at -> finished_at) include those kept
+    # ready at the gate: never above C + lookahead. The queued-or-running figure is not
+    # checked: a job's created_at is its top-up transaction's start, which may precede that
+    # transaction's wait for the batch's lock, and so the finishes it saw.
+    concurrency = entry["concurrency"]
+    calls = entry["stub_max_in_flight"]
+    if calls is None or calls > concurrency:
+        problems.append(f"{where}: {calls} model calls at once, above its concurrency")
+    if entry["max_running_jobs"] > concurrency + lookahead(concurrency):
+        problems.append(
+            f"{where}: {entry['max_running_jobs']} jobs running at once, above its concurrency"
+            f" and the {lookahead(concurrency)} kept ready"
+        )
     return problems
 
 

@@ -4,13 +4,21 @@ outbox), the relay, and the consumers (the analytics aggregator, the webhook dis
 An event is a JSON object:
 
     {"id": "<uuid>", "type": "message.created", "version": 1,
-     "occurred_at": "2026-11-27T10:00:00.123456Z", "user_id": 42, "data": {...}}
+     "occurred_at": "2026-11-27T10:00:00.123456Z", "user_id": 42, "data": {...},
+     "trace": {"request_id": "<X-Request-ID>", "traceparent": "00-<trace id>-<span id>-01"}}
 
 - `id` is unique per event and stable across redeliveries: consumers de-duplicate on it.
 - `type` is one of `EVENT_TYPES`; `data` has the fields of that type's model below (more may be
   added in a later version; consumers ignore fields they do not know).
 - `user_id` is the owner of what changed (the conversation's user).
 - `occurred_at` is the commit-time clock of the change (UTC).
+- `trace` (optional, added within version 1) is the request that caused the change: its
+  X-Request-ID and the W3C `traceparent` of the hop that wrote the event (a chat request, or the
+  AI worker's task on behalf of the request that enqueued it); see shared/tracing.py. It is
+  absent on events written outside any request and on events from before it existed, and it is
+  only for following a request through the logs: consumers never act on it (webhook bodies,
+  being the event as it is, carry it too). A consumer from before it refuses an event with it
+  (the envelope forbids unknown fields): upgrade the consumers before the writers.
 
 Events are written to `chat.outbox` in the same transaction as the change, then appended by the
 relay to the Redis stream `chat.events` (field `event`: the JSON above), in outbox order, at least
@@ -27,6 +35,8 @@ from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import tracing
 
 EVENT_STREAM = "chat.events"
 DEAD_LETTER_STREAM = "chat.events.dead"
@@ -136,6 +146,25 @@ EventType = Literal[
 ]
 
 
+class EventTrace(BaseModel):
+    """The request behind an event (see `trace` above); lenient, as it only names things."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: str | None = None
+    traceparent: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id field of `traceparent`, for log lines about the event. Read, not
+        validated (the writer made it with shared/tracing.py): consumers log it for thousands
+        of events a second."""
+        value = self.traceparent
+        if value is None or len(value) < 55 or value[2] != "-" or value[35] != "-":
+            return None
+        return value[3:35]
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -145,6 +174,7 @@ class Event(BaseModel):
     occurred_at: datetime
     user_id: int
     data: dict[str, Any]
+    trace: EventTrace | None = None
 
     def payload(self) -> _Data:
         """`data` validated against its type's model."""
@@ -164,6 +194,13 @@ def parse_event(raw: bytes | str) -> tuple[Event, _Data]:
         return event, event.payload()
     except (orjson.JSONDecodeError, ValidationError) as exc:
         raise InvalidEvent(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+
+def event_trace_json() -> str | None:
+    """What a writer stores in the outbox's `trace` column: the current request's (or task's)
+    trace context as JSON, None outside any."""
+    trace = tracing.event_trace()
+    return orjson.dumps(trace).decode() if trace is not None else None
 
 
 def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from shared.broker import TRANSPORT
+
 GENERATE_REPLY_TASK = "ai_worker.generate_reply"
 # Starts a batch regeneration's jobs (args: batch id); the worker keeps it topped up after.
 DISPATCH_BATCH_TASK = "ai_worker.dispatch_batch"
@@ -28,6 +30,8 @@ def celery_app(
     """A Celery app on the Redis broker with the platform's key prefix and delivery guarantees."""
     app = Celery(name, broker=broker_url)
     app.conf.update(
+        # kombu's Redis transport, minus a client object built per operation (shared/broker.py).
+        broker_transport=TRANSPORT,
         task_default_queue=AI_QUEUE,
         task_queues=(Queue(AI_QUEUE),),
         task_serializer="json",

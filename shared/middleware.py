@@ -1,22 +1,17 @@
-"""Pure-ASGI middleware: request id, access log and HTTP metrics in one pass per request."""
+"""Pure-ASGI middleware: request id, trace context, access log and HTTP metrics in one pass per
+request."""
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import tracing
 from shared.metrics import HTTP_IN_PROGRESS, HTTP_LATENCY, HTTP_REQUESTS, UNMATCHED_ROUTE
 
-REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 log = structlog.get_logger(component="access")
 
 # Paths whose traffic would drown the access log (scrapes and probes every few seconds).
@@ -24,18 +19,26 @@ _QUIET_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 def current_request_id() -> str:
-    return request_id_var.get()
+    context = tracing.current()
+    return context.request_id if context is not None else "-"
 
 
 def incoming_request_id(scope: Scope) -> str:
     """The caller's X-Request-ID when it is well-formed, else a new one."""
+    return incoming_context(scope)[0]
+
+
+def incoming_context(scope: Scope) -> tuple[str, tracing.TraceParent | None]:
+    """The caller's X-Request-ID when it is well-formed (else a new one), and its trace context
+    when its `traceparent` is valid (else None: a new trace starts here)."""
+    request_id: str | None = None
+    parent: tracing.TraceParent | None = None
     for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex
+        if name == b"x-request-id" and request_id is None:
+            request_id = tracing.valid_request_id(value.decode("latin-1")) or ""
+        elif name == b"traceparent" and parent is None:
+            parent = tracing.parse_traceparent(value.decode("latin-1"))
+    return request_id or tracing.new_request_id(), parent
 
 
 def route_template(scope: Scope) -> str:
@@ -45,7 +48,9 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (echoed in X-Request-ID), one access log line and its metrics.
+    """Gives every request an id (echoed in X-Request-ID) and a span of its trace
+    (shared/tracing.py: both bound into every log line of the request), one access log line and
+    its metrics.
 
     `route_of` lets a service that routes by itself (the gateway's proxy) name the route
     template; by default it is read from the router's match.
@@ -59,9 +64,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming_request_id(scope)
-        token = request_id_var.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        with tracing.span(*incoming_context(scope)) as context:
+            await self._serve(context.request_id, scope, receive, send)
+
+    async def _serve(self, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         status = 500
         header_value = request_id.encode()
@@ -96,5 +102,3 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
-            request_id_var.reset(token)

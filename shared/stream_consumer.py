@@ -20,6 +20,9 @@ What a consumer gets from it:
   start of the stream, where the relay re-appends the retained events.
 - **Liveness.** `heartbeat` is beaten by every read and every retry wait: the process's
   /healthz reports the loop stalled when it has not moved for a minute (shared/probe_server.py).
+- **Logs**: one `events_applied` line per applied batch, naming the requests behind its events
+  (`request_ids`, `trace_ids`: the events' `trace`, shared/tracing.py); the lines about one
+  failing event carry its `request_id` and `trace_id`.
 - **Metrics** by group: events consumed/failed/dead-lettered by type, pending entries, entries
   not yet delivered (lag) and the age of the oldest one not yet acknowledged.
 """
@@ -75,6 +78,9 @@ OLDEST = Gauge(
 )
 
 
+REQUESTS_PER_LINE = 50
+
+
 @dataclass(frozen=True, slots=True)
 class Delivered:
     """One valid event as read from the stream."""
@@ -107,6 +113,40 @@ def stream_lost(exc: redis.ResponseError) -> bool:
 def entry_age_seconds(entry_id: str) -> float:
     """Stream entry ids start with their append time in milliseconds."""
     return max(0.0, time.time() - int(entry_id.split("-", 1)[0]) / 1000)
+
+
+def log_applied(group: str, delivered: Sequence[Delivered]) -> None:
+    """One line per applied batch naming the requests behind its events (shared/tracing.py):
+    `request_ids` and, at the same positions, their `trace_ids`. Not a line per event: at
+    thousands of events a second that would cost a good share of the consumer's CPU. A batch of
+    more than `REQUESTS_PER_LINE` requests is told in several lines (each under the 16 KiB at
+    which container runtimes split a log line)."""
+    traces: dict[str, str | None] = {}
+    for one in delivered:
+        trace = one.event.trace
+        if trace is not None and trace.request_id is not None and trace.request_id not in traces:
+            traces[trace.request_id] = trace.trace_id
+    request_ids = list(traces)
+    if len(request_ids) <= REQUESTS_PER_LINE:
+        log.info(
+            "events_applied",
+            group=group,
+            events=len(delivered),
+            request_ids=request_ids,
+            trace_ids=list(traces.values()),
+        )
+        return
+    parts = (len(request_ids) + REQUESTS_PER_LINE - 1) // REQUESTS_PER_LINE
+    for part in range(parts):
+        chunk = request_ids[part * REQUESTS_PER_LINE : (part + 1) * REQUESTS_PER_LINE]
+        log.info(
+            "events_applied",
+            group=group,
+            events=len(delivered),
+            part=f"{part + 1}/{parts}",
+            request_ids=chunk,
+            trace_ids=[traces[request_id] for request_id in chunk],
+        )
 
 
 class StreamConsumer:
@@ -205,21 +245,29 @@ class StreamConsumer:
         try:
             self.apply(valid)
             self._ack(valid)
+            log_applied(self.group, valid)
         except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate its events
             log.warning("batch_failed", group=self.group, events=len(valid), error=repr(exc)[:300])
             for one in valid:
-                try:
-                    self.apply([one])
-                    self._ack([one])
-                except Exception as single:  # noqa: BLE001 - stays pending; reclaimed later
-                    FAILED.labels(self.group, one.event.type).inc()
-                    log.warning(
-                        "event_failed",
-                        group=self.group,
-                        event_id=str(one.event.id),
-                        type=one.event.type,
-                        error=repr(single)[:300],
-                    )
+                # One event at a time (the rare path): every line about it names its request.
+                trace = one.event.trace
+                with structlog.contextvars.bound_contextvars(
+                    request_id=trace.request_id if trace else None,
+                    trace_id=trace.trace_id if trace else None,
+                ):
+                    try:
+                        self.apply([one])
+                        self._ack([one])
+                        log_applied(self.group, [one])
+                    except Exception as single:  # noqa: BLE001 - stays pending; reclaimed later
+                        FAILED.labels(self.group, one.event.type).inc()
+                        log.warning(
+                            "event_failed",
+                            group=self.group,
+                            event_id=str(one.event.id),
+                            type=one.event.type,
+                            error=repr(single)[:300],
+                        )
         return len(entries)
 
     def _ack(self, delivered: Sequence[Delivered]) -> None:

@@ -14,6 +14,7 @@ from services.ai_worker.llm import LLMClient
 from services.ai_worker.queue_metrics import QueueCollector
 from services.ai_worker.service import ReplyService
 from services.ai_worker.settings import WorkerSettings
+from shared import tracing
 from shared.db.pool import sqlalchemy_url
 from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK, celery_app
 
@@ -55,7 +56,13 @@ class Resources:
     def batches(self) -> BatchDispatcher:
         return BatchDispatcher(
             self.engine,
-            lambda job_id: app.send_task(GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE),
+            # Sent on behalf of the request, task or sweep in progress (its trace context).
+            lambda job_id: app.send_task(
+                GENERATE_REPLY_TASK,
+                args=[job_id],
+                queue=AI_QUEUE,
+                headers=tracing.task_headers(),
+            ),
         )
 
     @cached_property

@@ -1,10 +1,11 @@
 """Batch regeneration's dispatcher: keeps a batch's jobs in flight up to its concurrency.
 
 A batch is a snapshot of agent replies (`chat.ai_batch_items`, written by the chat service).
-`top_up` turns the next items into ordinary AI jobs on the same queue as interactive replies,
-so the batch never has more than `concurrency` jobs queued or running, and never starts one
-that would take the batch past its token or cost budget (what finished jobs used plus the
-estimate of those in flight). It runs after each batch job finishes (in the worker thread that
+`top_up` turns the next items into ordinary AI jobs on the same queue as interactive replies:
+up to `concurrency` of them calling the model (services/ai_worker/gate.py holds that limit) and
+as many more ready to take a slot the moment one frees (`gate.lookahead`), and never one that
+would take the batch past its token or cost budget (what finished jobs used plus the estimate
+of those in flight). It runs after each batch job finishes (in the worker thread that
 finished it), when the batch is created or resumed (the `dispatch_batch` task), and at every
 sweep, which is what resumes a batch after any crash: all its state is in Postgres.
 
@@ -23,6 +24,7 @@ from prometheus_client import Counter
 from sqlalchemy import Engine, RowMapping
 
 from services.ai_worker import repository as repo
+from services.ai_worker.gate import lookahead
 
 log = structlog.get_logger(component="batches")
 
@@ -58,7 +60,8 @@ class BatchDispatcher:
             if batch is None:
                 return []
             load = repo.batch_load(conn, batch_id)
-            free = int(batch["concurrency"]) - int(load["in_flight"])
+            concurrency = int(batch["concurrency"])
+            free = concurrency + lookahead(concurrency) - int(load["in_flight"])
             chosen: list[int] = []
             blocked = False
             if free > 0:

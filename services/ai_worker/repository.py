@@ -9,18 +9,24 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, RowMapping, text
 
-from shared.events import validate_data
+from shared.events import event_trace_json, validate_data
 
 
 def add_events(conn: Connection, user_id: int, *events: tuple[str, dict[str, Any]]) -> None:
     """Writes events (shared/events.py: type and data) to the outbox in the caller's
-    transaction, in one statement, in the order given."""
-    values = ", ".join(f"(:type{i}, :uid, CAST(:data{i} AS jsonb))" for i in range(len(events)))
-    params: dict[str, Any] = {"uid": user_id}
+    transaction, in one statement, in the order given, with the trace context of the task (or
+    sweep) in progress."""
+    values = ", ".join(
+        f"(:type{i}, :uid, CAST(:data{i} AS jsonb), CAST(:trace AS jsonb))"
+        for i in range(len(events))
+    )
+    params: dict[str, Any] = {"uid": user_id, "trace": event_trace_json()}
     for i, (event_type, data) in enumerate(events):
         params[f"type{i}"] = event_type
         params[f"data{i}"] = orjson.dumps(validate_data(event_type, data)).decode()
-    conn.execute(text(f"INSERT INTO chat.outbox (type, user_id, data) VALUES {values}"), params)
+    conn.execute(
+        text(f"INSERT INTO chat.outbox (type, user_id, data, trace) VALUES {values}"), params
+    )
 
 
 def start_job(conn: Connection, job_id: int) -> RowMapping | None:
@@ -36,7 +42,9 @@ def start_job(conn: Connection, job_id: int) -> RowMapping | None:
                 WHERE id = :id AND status IN ('queued', 'running')
                 RETURNING id, conversation_id, user_id, agent_id, prompt_message_id,
                           regenerates_message_id, model, include_context, attempts, created_at,
-                          batch_id
+                          batch_id,
+                          (SELECT b.concurrency FROM chat.ai_batches b
+                           WHERE b.id = ai_jobs.batch_id) AS batch_concurrency
                 """
             ),
             {"id": job_id},
@@ -299,6 +307,45 @@ def fail_job(conn: Connection, *, job_id: int, code: str, error: str) -> bool:
     if row is not None:
         _failed_event(conn, row)
     return row is not None
+
+
+def cancel_job(conn: Connection, *, job_id: int, error: str) -> bool:
+    """Cancels a job that has not called the model (a batch job cancelled while it waited for
+    its batch's slot), unless it reached a final state meanwhile."""
+    row = (
+        conn.execute(
+            text(
+                """
+                UPDATE chat.ai_jobs
+                SET status = 'cancelled', error_code = 'cancelled', error = :error,
+                    finished_at = now()
+                WHERE id = :id AND status IN ('queued', 'running')
+                RETURNING id, user_id, conversation_id, agent_id, batch_id
+                """
+            ),
+            {"id": job_id, "error": error[:2000]},
+        )
+        .mappings()
+        .first()
+    )
+    if row is not None:
+        data = {
+            "job_id": row["id"],
+            "conversation_id": row["conversation_id"],
+            "agent_id": row["agent_id"],
+            "batch_id": row["batch_id"],
+        }
+        add_events(conn, row["user_id"], ("ai.reply.cancelled", data))
+    return row is not None
+
+
+def batch_is_running(conn: Connection, batch_id: int) -> bool:
+    return bool(
+        conn.execute(
+            text("SELECT status = 'running' FROM chat.ai_batches WHERE id = :id"),
+            {"id": batch_id},
+        ).scalar()
+    )
 
 
 def job_status(conn: Connection, job_id: int) -> Any:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.ai_worker import repository as repo
 from services.ai_worker.batches import BatchDispatcher
+from services.ai_worker.gate import BatchGate, GateClosed
 from services.ai_worker.job_stream import JobEvents, StreamWriter
 from services.ai_worker.llm import Cancelled, Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
@@ -155,6 +156,10 @@ class ReplyService:
         self.redis = redis_client
         self.batches = batches
         self.streams = StreamWriter(redis_client)
+        # No model call outlives the task's time limit: a dead worker's slot is free by then.
+        self.gate = BatchGate(
+            redis_client, settings.redis_prefix, lease_seconds=settings.task_time_limit_seconds
+        )
 
     def generate(self, job_id: int) -> str:
         """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
@@ -216,6 +221,22 @@ class ReplyService:
             events.token(text)
             watch.check()
 
+        batch_id, slots = job["batch_id"], job["batch_concurrency"]
+        gated = False
+        if batch_id is not None and slots is not None:
+            try:
+                gated = self.gate.acquire(
+                    batch_id,
+                    job["id"],
+                    int(slots),
+                    still_wanted=lambda: self._still_wanted(job, watch),
+                    # Half the task's time limit: the call that follows needs the rest.
+                    deadline=time.monotonic() + self.settings.task_time_limit_seconds / 2,
+                )
+            except GateClosed as exc:
+                if exc.cancelled:
+                    return self._cancel(job, str(exc))
+                return self._fail(job, "batch_slot_timeout", str(exc))
         try:
             completion = self.llm.complete(
                 model=model,
@@ -227,6 +248,10 @@ class ReplyService:
             )
         except LLMError as exc:
             return self._fail(job, exc.code, str(exc))
+        finally:
+            if gated:
+                # Before the reply is stored: the next job's call need not wait for that.
+                self.gate.release(batch_id, job["id"], int(slots))
         cost = price(agent, completion)
         elapsed = time.perf_counter() - started
         with self.engine.begin() as conn:
@@ -263,6 +288,22 @@ class ReplyService:
             attempts=completion.attempts,
         )
         return self._finished(job, "incomplete" if completion.cancelled else "completed")
+
+    def _still_wanted(self, job: RowMapping, watch: CancelWatch) -> bool:
+        """A waiting batch job is dropped when its batch stops or it is cancelled itself."""
+        if watch.requested():
+            return False
+        try:
+            with self.engine.connect() as conn:
+                return repo.batch_is_running(conn, int(job["batch_id"]))
+        except SQLAlchemyError:
+            return True  # cannot tell: keep waiting
+
+    def _cancel(self, job: RowMapping, error: str) -> str:
+        with self.engine.begin() as conn:
+            changed = repo.cancel_job(conn, job_id=job["id"], error=error)
+        log.info("reply_cancelled_before_call", job_id=job["id"])
+        return self._finished(job, "cancelled" if changed else "duplicate")
 
     def _fail(self, job: RowMapping, code: str, error: str) -> str:
         with self.engine.begin() as conn:
@@ -308,9 +349,11 @@ class CancelWatch:
         if now < self._next:
             return
         self._next = now + self.INTERVAL
-        try:
-            requested = self._client.exists(self._key)
-        except redis.RedisError:
-            return  # cannot tell: keep generating
-        if requested:
+        if self.requested():
             raise Cancelled
+
+    def requested(self) -> bool:
+        try:
+            return bool(self._client.exists(self._key))
+        except redis.RedisError:
+            return False  # cannot tell: keep going

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.ai_worker import repository as repo
 from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.service import ReplyService
+from shared import tracing
 from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK
 from shared.probe_server import STALL_SECONDS, Heartbeat
 
@@ -48,7 +49,10 @@ class JobSweeper(threading.Thread):
         # Event.wait is the sweep period (and wakes at once on stop), not synchronisation.
         while not self._stop_requested.wait(interval):
             try:
-                self.sweep()
+                # A sweep is a request of its own: the jobs it fails or re-sends and the batch
+                # jobs it starts carry its id (shared/tracing.py).
+                with tracing.span(tracing.new_request_id(), None):
+                    self.sweep()
             except SQLAlchemyError as exc:
                 log.warning("sweep_failed", error=type(exc).__name__)
             self.heartbeat.beat()
@@ -65,7 +69,9 @@ class JobSweeper(threading.Thread):
             self._replies.announce(job_id, "failed")
         for job_id in resend:
             SWEPT.labels("requeued").inc()
-            self._app.send_task(GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE)
+            self._app.send_task(
+                GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE, headers=tracing.task_headers()
+            )
         dispatched = self._batches.top_up_running()
         if expired or resend or dispatched:
             log.info("swept", expired=len(expired), requeued=len(resend), batch_jobs=dispatched)

@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from services.chat.settings import ChatSettings
+from shared import tracing
 from shared.envelope import dumps, error_body
 from shared.jobs import (
     AI_QUEUE,
@@ -61,15 +62,25 @@ class JobRunner:
                 await self._listener
 
     async def enqueue(self, job_id: int) -> None:
-        """Sends the job's task to the broker (a blocking publish, so on a thread)."""
+        """Sends the job's task to the broker (a blocking publish, so on a thread), with the
+        request's id and trace context in its headers (shared/tracing.py)."""
         await asyncio.to_thread(
-            self._celery.send_task, GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE
+            self._celery.send_task,
+            GENERATE_REPLY_TASK,
+            args=[job_id],
+            queue=AI_QUEUE,
+            headers=tracing.task_headers(),
         )
 
     async def dispatch_batch(self, batch_id: int) -> None:
-        """Asks the workers to start a created or resumed batch (its dispatcher runs there)."""
+        """Asks the workers to start a created or resumed batch (its dispatcher runs there),
+        on behalf of the request (its trace context in the task's headers)."""
         await asyncio.to_thread(
-            self._celery.send_task, DISPATCH_BATCH_TASK, args=[batch_id], queue=AI_QUEUE
+            self._celery.send_task,
+            DISPATCH_BATCH_TASK,
+            args=[batch_id],
+            queue=AI_QUEUE,
+            headers=tracing.task_headers(),
         )
 
     async def request_cancel(self, job_id: int) -> None:

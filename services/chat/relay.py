@@ -129,7 +129,7 @@ class Relay:
     def publish_batch(self, conn: psycopg.Connection[Any]) -> int:
         rows = conn.execute(
             """
-            SELECT id, event_id, type, version, occurred_at, user_id, data
+            SELECT id, event_id, type, version, occurred_at, user_id, data, trace
             FROM chat.outbox WHERE published_at IS NULL ORDER BY id LIMIT %s
             """,
             (self.settings.batch_size,),
@@ -147,7 +147,7 @@ class Relay:
 
     def _append(self, rows: list[tuple[Any, ...]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for _, event_id, event_type, version, occurred_at, user_id, data in rows:
+        for _, event_id, event_type, version, occurred_at, user_id, data, trace in rows:
             event = {
                 "id": str(event_id),
                 "type": event_type,
@@ -156,6 +156,8 @@ class Relay:
                 "user_id": user_id,
                 "data": data,
             }
+            if trace is not None:
+                event["trace"] = trace
             pipe.xadd(
                 self.stream,
                 {"event": orjson.dumps(event, option=orjson.OPT_UTC_Z)},
@@ -173,7 +175,7 @@ class Relay:
         while True:
             rows = conn.execute(
                 """
-                SELECT id, event_id, type, version, occurred_at, user_id, data
+                SELECT id, event_id, type, version, occurred_at, user_id, data, trace
                 FROM chat.outbox WHERE published_at IS NOT NULL AND id > %s
                 ORDER BY id LIMIT %s
                 """,

@@ -15,7 +15,7 @@ import orjson
 
 from services.chat.pagination import ConversationCursor, MessageCursor
 from shared.db.pool import Conn
-from shared.events import validate_data
+from shared.events import event_trace_json, validate_data
 
 Record = asyncpg.Record
 
@@ -321,12 +321,13 @@ async def list_sessions(
 
 async def add_event(conn: Conn, event_type: str, *, user_id: int, data: dict[str, Any]) -> None:
     """Writes an event (shared/events.py) in the caller's transaction: it is published if and
-    only if the change commits."""
+    only if the change commits. It carries the current request's trace context (its `trace`)."""
     await conn.execute(
-        "INSERT INTO chat.outbox (type, user_id, data) VALUES ($1, $2, $3)",
+        "INSERT INTO chat.outbox (type, user_id, data, trace) VALUES ($1, $2, $3, $4)",
         event_type,
         user_id,
         orjson.dumps(validate_data(event_type, data)).decode(),
+        event_trace_json(),
     )
 
 

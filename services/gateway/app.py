@@ -166,7 +166,14 @@ def create_app(
             dispatch,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Request-ID",
+                "traceparent",
+                "tracestate",
+            ],
             expose_headers=[
                 "X-Request-ID",
                 "Retry-After",

@@ -2,7 +2,8 @@
 
 This path is the platform's hottest, so it is plain ASGI: no framework routing or validation,
 only what the gateway must do itself: bound the body, check the token, apply the caller's rate
-limit, pass the request id along, and turn an unreachable service into a 503/504 envelope.
+limit, pass the request id and trace context along, and turn an unreachable service into a
+503/504 envelope.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from services.gateway.ratelimit import RateLimiter
+from shared import tracing
 from shared.envelope import fail
 from shared.errors import AppError, PayloadTooLarge, RateLimited
-from shared.middleware import current_request_id
 from shared.tokens import TokenVerifier, bearer_token
 
 log = structlog.get_logger(component="proxy")
@@ -52,6 +53,7 @@ _DROP_REQUEST = frozenset(
         b"host",
         b"content-length",
         b"x-request-id",
+        b"traceparent",
         b"x-forwarded-for",
         b"x-forwarded-proto",
     }
@@ -213,7 +215,10 @@ class UpstreamProxy:
         else:
             body = await read_body(scope, receive, headers, self._max_body)
         client = scope.get("client")
-        forwarded.append(("X-Request-ID", current_request_id()))
+        context = tracing.current()
+        assert context is not None, "the proxy runs inside RequestContextMiddleware"
+        # The service's span is a child of the gateway's (the one this request runs in).
+        forwarded.extend(context.http_headers())
         forwarded.append(("X-Forwarded-For", client[0] if client else "unknown"))
         forwarded.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
 

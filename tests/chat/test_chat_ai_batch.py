@@ -21,7 +21,7 @@ from tests.chat.helpers import (
     ok_data,
     wait_batch,
 )
-from tests.harness import User
+from tests.harness import Stack, User
 
 
 def max_in_flight(jobs: list[tuple[Any, ...]]) -> int:
@@ -31,6 +31,20 @@ def max_in_flight(jobs: list[tuple[Any, ...]]) -> int:
         sum(1 for other in jobs if other[3] <= job[3] and (other[4] is None or other[4] > job[3]))
         for job in jobs
     )
+
+
+def max_model_calls(calls: list[dict[str, Any]]) -> int:
+    """The most of these stand-in LLM requests that were open at one time (a call ending at
+    the instant another starts does not overlap it)."""
+    edges = sorted(
+        [(call["received_at"], 1) for call in calls]
+        + [(call["finished_at"], -1) for call in calls],
+    )
+    peak = open_now = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
 
 
 @pytest.fixture
@@ -138,6 +152,7 @@ def test_dry_run_counts_and_prices_the_selection_and_starts_nothing(
 
 
 def test_a_batch_regenerates_each_reply_once_within_its_concurrency(
+    stack: Stack,
     http: httpx.Client,
     admin: User,
     alice: User,
@@ -146,8 +161,9 @@ def test_a_batch_regenerates_each_reply_once_within_its_concurrency(
     db: psycopg.Connection,
 ) -> None:
     # Each model call takes 0.3 s (the directive is in the prompt, so regenerations keep it).
-    replies = make_replies(http, alice, agent["id"], 5, suffix="[[delay:0.3]]")
-    replies += make_replies(http, bob, agent["id"], 4, suffix="[[delay:0.3]]")
+    tag = f"limit-{secrets.token_hex(4)}"
+    replies = make_replies(http, alice, agent["id"], 5, suffix=f"{tag} [[delay:0.3]]")
+    replies += make_replies(http, bob, agent["id"], 4, suffix=f"{tag} [[delay:0.3]]")
     created = ok_data(
         http.post(BATCHES, json={"agent_id": agent["id"], "concurrency": 3}, headers=admin.headers),
         201,
@@ -163,8 +179,15 @@ def test_a_batch_regenerates_each_reply_once_within_its_concurrency(
     assert sorted(job[1] for job in jobs) == sorted(r["message_id"] for r in replies)
     assert all(job[2] == "completed" for job in jobs)
     assert progress["tokens_used"] == sum(job[5] for job in jobs)
+    # The limit holds where it matters: model calls. Up to as many more jobs wait ready, so a
+    # slot never idles while the next job is queued and its prompt read.
+    assert stack.llm is not None
+    calls = [c for c in stack.llm.control.requests(contains=tag) if c["finished_at"]]
+    assert len(calls) == 9 + 9, "each reply generated once, then regenerated once"
+    peak_calls = max_model_calls(calls)
+    assert 2 <= peak_calls <= 3, f"at most 3 model calls at once, and more than one: {peak_calls}"
     peak = max_in_flight(jobs)
-    assert 2 <= peak <= 3, f"at most 3 jobs at once, and more than one: saw {peak}"
+    assert peak <= 6, f"at most 3 jobs calling the model and 3 ready: saw {peak}"
 
     # Every earlier reply is kept, superseded; each conversation has exactly one new reply.
     for reply in replies:
@@ -276,8 +299,9 @@ def test_cancel_stops_dispatch_and_resume_picks_up_where_it_stopped(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     stopped = ok_data(http.get(f"{BATCHES}/{created['id']}", headers=admin.headers))
-    assert stopped["progress"]["pending"] >= 3
-    assert len(batch_jobs(db, created["id"])) <= 1
+    # Concurrency 1: one job calling the model and one ready (cancelled while it waited).
+    assert stopped["progress"]["pending"] >= 2
+    assert len(batch_jobs(db, created["id"])) <= 2
 
     ok_data(
         http.post(

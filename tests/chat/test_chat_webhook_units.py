@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from services.chat.webhooks import signing
 from services.chat.webhooks.process import event_body
 from services.chat.webhooks.queue import Endpoint
-from services.chat.webhooks.sender import backoff_seconds, retry_after_seconds
+from services.chat.webhooks.sender import backoff_seconds, request_of, retry_after_seconds
 from shared.events import parse_event
 
 
@@ -85,6 +85,37 @@ def test_the_body_is_the_event_exactly_as_the_relay_wrote_it() -> None:
     )
     event, _ = parse_event(raw)
     assert event_body(event).encode() == raw
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _traced_event(trace: dict[str, str] | None) -> bytes:
+    event = {
+        "id": str(uuid.uuid4()),
+        "type": "conversation.deleted",
+        "version": 1,
+        "occurred_at": datetime.now(UTC),
+        "user_id": 3,
+        "data": {"conversation_id": 9, "agent_id": None},
+    }
+    if trace is not None:
+        event["trace"] = trace
+    return orjson.dumps(event, option=orjson.OPT_UTC_Z)
+
+
+def test_a_traced_event_keeps_its_trace_in_the_body_and_names_its_request() -> None:
+    raw = _traced_event({"request_id": "req-1", "traceparent": TRACEPARENT})
+    event, _ = parse_event(raw)
+    assert event_body(event).encode() == raw
+    assert request_of(event_body(event)) == {
+        "request_id": "req-1",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    }
+    untraced, _ = parse_event(_traced_event(None))
+    assert request_of(event_body(untraced)) == {}
+    assert request_of("not json") == {} and request_of("[1]") == {}
+    assert request_of(_traced_event({"traceparent": "junk"}).decode()) == {}
 
 
 def test_an_endpoint_wants_its_types_since_it_was_registered() -> None:

@@ -352,6 +352,13 @@ def test_endpoints_get_only_their_event_types_and_inactive_ones_nothing(
     assert off.requests() == []
     assert deliveries(http, admin, off_hook["id"])["total"] == 0
 
+    # The receiver has each request a moment before the sender records its answer: wait for
+    # the three records before reading the log's filters.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while deliveries(http, admin, all_hook["id"], status="delivered")["total"] < 3:
+        assert time.monotonic() < deadline, "three deliveries recorded as delivered"
+        time.sleep(0.05)  # a polling interval; the delivery log is what is waited on
+
     # The log pages newest first and filters.
     page = deliveries(http, admin, all_hook["id"], limit=2)
     assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 0
@@ -568,7 +575,12 @@ def test_two_delivery_processes_share_the_work_and_send_each_event_once(
         rx.wait_for(lambda: len(rx.successes(mine)) >= 30, "thirty deliveries")
         ids = [r.webhook_id for r in rx.requests(mine)]
         assert len(ids) == len(set(ids)) == 30, "an event was sent twice"
-        text = httpx.get(f"{second_url}/metrics", timeout=10).text
-        assert 'webhook_deliveries_total{outcome="delivered"}' in text, "the second sent none"
+        # The receiver has a request a moment before its sender counts it: poll the counter.
+        deadline = time.monotonic() + WAIT_SECONDS
+        while 'webhook_deliveries_total{outcome="delivered"}' not in (
+            httpx.get(f"{second_url}/metrics", timeout=10).text
+        ):
+            assert time.monotonic() < deadline, "the second process sent none"
+            time.sleep(0.05)  # a polling interval; the counter is what is waited on
     finally:
         assert second.stop() == 0, "the second process did not stop cleanly on SIGTERM"

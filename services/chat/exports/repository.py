@@ -11,7 +11,7 @@ import orjson
 from asyncpg.cursor import CursorFactory
 
 from shared.db.pool import Conn
-from shared.events import validate_data
+from shared.events import event_trace_json, validate_data
 
 Record = asyncpg.Record
 
@@ -143,17 +143,19 @@ async def set_message_count(
 async def add_events(
     conn: Conn, *, user_id: int, events: Sequence[tuple[str, dict[str, Any]]]
 ) -> None:
-    """Many outbox events in one statement (shared/events.py), in the order given."""
+    """Many outbox events in one statement (shared/events.py), in the order given, with the
+    current request's trace context."""
     if not events:
         return
     await conn.execute(
         """
-        INSERT INTO chat.outbox (type, user_id, data)
-        SELECT e.type, $1, e.data::jsonb
+        INSERT INTO chat.outbox (type, user_id, data, trace)
+        SELECT e.type, $1, e.data::jsonb, $4::jsonb
         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS e(type, data, n)
         ORDER BY e.n
         """,
         user_id,
         [event_type for event_type, _ in events],
         [orjson.dumps(validate_data(event_type, data)).decode() for event_type, data in events],
+        event_trace_json(),
     )

@@ -59,8 +59,10 @@ CLEANUP_INTERVAL_SECONDS = 600.0
 
 
 def event_body(event: Event) -> str:
-    """The event as its webhook body: the very JSON object of the stream (shared/events.py)."""
-    return orjson.dumps(event.model_dump(), option=orjson.OPT_UTC_Z).decode()
+    """The event as its webhook body: the very JSON object of the stream (shared/events.py),
+    `trace` included when it has one (the receiver can tie the event to the API request, its
+    X-Request-ID, that caused it)."""
+    return orjson.dumps(event.model_dump(exclude_unset=True), option=orjson.OPT_UTC_Z).decode()
 
 
 class Enqueuer:

@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import structlog
 
@@ -18,6 +19,7 @@ from services.chat.webhooks import queue, signing
 from services.chat.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES, DELIVERY_LATENCY, ERRORS
 from services.chat.webhooks.settings import WebhookSettings
 from shared.db.pool import plain_dsn
+from shared.events import EventTrace
 from shared.probe_server import STALL_SECONDS, Heartbeat
 
 log = structlog.get_logger(component="webhooks")
@@ -57,6 +59,19 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def request_of(body: str) -> dict[str, str]:
+    """`request_id` and `trace_id` of the event a delivery sends (its `trace`), when it has one."""
+    try:
+        trace = orjson.loads(body).get("trace")
+        if not isinstance(trace, dict):
+            return {}
+        parsed = EventTrace.model_validate(trace)
+    except (ValueError, AttributeError):  # not our JSON object: nothing to name
+        return {}
+    fields = {"request_id": parsed.request_id, "trace_id": parsed.trace_id}
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def attempt(http: httpx.Client, claimed: queue.Claimed, settings: WebhookSettings) -> queue.Outcome:
@@ -150,7 +165,9 @@ class Sender(threading.Thread):
                 self.wakeup.wait(self.settings.poll_seconds)
                 continue
             try:
-                self._send(conn, http, claimed)
+                # The delivery's lines name the request behind its event (shared/tracing.py).
+                with structlog.contextvars.bound_contextvars(**request_of(claimed.body)):
+                    self._send(conn, http, claimed)
             except psycopg.Error:
                 raise  # reconnects; the delivery is due again when its lease ends
             except Exception:  # noqa: BLE001 - a bug must not silently end this thread

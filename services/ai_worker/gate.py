@@ -1,0 +1,135 @@
+"""A batch's concurrency limit, held where it matters: at most `concurrency` of its jobs call
+the model at once, across every worker process.
+
+Why a gate and not only the dispatcher's count: a job spends tens of milliseconds outside the
+model call (the queue, reading the prompt, storing the reply, the next top-up). If those
+counted against the limit, every slot would idle that long per reply, and a batch would reach
+only latency / (latency + overhead) of the throughput its concurrency allows (about 60% with a
+100 ms model). So the dispatcher keeps up to `concurrency` more jobs ready (`LOOKAHEAD`), each
+waits here with its prompt built, and the moment a call ends the next one starts.
+
+The slots are a sorted set in Redis (member: job id, score: lease expiry by Redis's clock): a
+worker killed mid-call loses its slot when the lease runs out (the task's time limit, which no
+call outlives), and a redelivered job takes back its own slot at once. A released slot pushes a
+wake-up token to a list that waiters block on (BLPOP), so a hand-over costs one round trip; a
+waiter also retries on its own every `POLL_SECONDS`, so a lost token (Redis restarted) costs
+latency, never a stall. Without Redis the gate opens (logged): the limit then rests on the
+dispatcher's count alone, as it did before this gate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+import structlog
+from prometheus_client import Histogram
+
+log = structlog.get_logger(component="gate")
+
+# Jobs kept ready beyond a batch's concurrency, as a multiple of it (see the module's doc).
+LOOKAHEAD = 1.0
+POLL_SECONDS = 0.5
+
+GATE_WAIT = Histogram(
+    "ai_batch_gate_wait_seconds",
+    "How long a batch job waited, prompt built, for one of its batch's model-call slots.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+# KEYS: slots, wake. ARGV: limit, member, lease seconds. 1 when the member holds a slot.
+_ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+local lease = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[2])
+   or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], t + lease, ARGV[2])
+  redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 60)
+  return 1
+end
+return 0
+"""
+# KEYS: slots, wake. ARGV: member, limit, ttl seconds. Wakes one waiter if a slot was freed.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+end
+return 1
+"""
+
+
+def lookahead(concurrency: int) -> int:
+    """Jobs the dispatcher keeps ready beyond the batch's concurrency."""
+    return max(1, round(concurrency * LOOKAHEAD))
+
+
+class GateClosed(Exception):
+    """The job should not call the model: it was cancelled while it waited (`cancelled`), or no
+    slot came free before its deadline."""
+
+    def __init__(self, message: str, *, cancelled: bool) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
+
+
+class BatchGate:
+    def __init__(self, client: redis.Redis, prefix: str, *, lease_seconds: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease = lease_seconds
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+
+    def _keys(self, batch_id: int) -> list[str]:
+        base = f"{self._prefix}ai:batch-gate:{batch_id}"
+        return [f"{base}:slots", f"{base}:wake"]
+
+    def acquire(
+        self,
+        batch_id: int,
+        job_id: int,
+        concurrency: int,
+        *,
+        still_wanted: Callable[[], bool],
+        deadline: float,
+    ) -> bool:
+        """Waits for a slot; True once held, False if the gate is unusable (Redis down: go on
+        without it). `still_wanted` is asked at each poll; GateClosed when it says no, or when
+        `deadline` (time.monotonic()) passes."""
+        keys = self._keys(batch_id)
+        member = str(job_id)
+        started = time.monotonic()
+        next_check = started + POLL_SECONDS
+        try:
+            while True:
+                if self._acquire(keys=keys, args=[concurrency, member, self._lease]) == 1:
+                    GATE_WAIT.observe(time.monotonic() - started)
+                    return True
+                now = time.monotonic()
+                if now >= deadline:
+                    raise GateClosed("No slot of the batch came free in time", cancelled=False)
+                if now >= next_check:
+                    # At most once a poll interval, however often slots change hands.
+                    next_check = now + POLL_SECONDS
+                    if not still_wanted():
+                        raise GateClosed("Cancelled while waiting for a slot", cancelled=True)
+                # Blocks until a slot is released somewhere, or the poll interval passes.
+                self._client.blpop([keys[1]], timeout=POLL_SECONDS)
+        except redis.RedisError as exc:
+            log.warning("batch_gate_unavailable", batch_id=batch_id, error=type(exc).__name__)
+            return False
+
+    def release(self, batch_id: int, job_id: int, concurrency: int) -> None:
+        try:
+            self._release(
+                keys=self._keys(batch_id),
+                args=[str(job_id), max(1, concurrency), int(self._lease) + 60],
+            )
+        except redis.RedisError as exc:
+            # The slot's lease frees it later; until then the batch runs one call short.
+            log.warning("batch_gate_release_failed", batch_id=batch_id, error=type(exc).__name__)
