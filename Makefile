@@ -7,16 +7,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Touched after a successful install: reinstalls only when pyproject.toml is newer.
 STAMP := $(VENV)/.install-stamp
-# Prometheus's promtool for the alert rule tests (tests/deploy/): extracted from Debian's
-# prometheus package into the venv, no server installed (deploy/tools/install-promtool.sh).
+# Prometheus's promtool (the alert rule tests) and server (the live scrape test), for
+# tests/deploy/: extracted from Debian's prometheus package into the venv, nothing installed
+# system-wide or started (deploy/tools/install-promtool.sh).
 PROMTOOL := $(BIN)/promtool
+PROMETHEUS := $(BIN)/prometheus
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint bench migrate clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install the project with its dev and embedded extras"
-	@echo "               (and promtool, for the alert rule tests)"
+	@echo "               (and Prometheus's promtool and server, for tests/deploy/)"
 	@echo "make run       run gateway, chat and analytics (docs: http://127.0.0.1:8000/docs)"
 	@echo "make install-llm  build the embedded LLM make run uses without LLM_BASE_URL (~3 min once)"
 	@echo "make test      lint, then run the test suite"
@@ -26,15 +28,16 @@ help:
 	@echo "               regeneration, export (python -m bench [ai|regen|export]; docs/benchmarks.md)"
 	@echo "make clean     remove run state and caches (distclean: the virtualenv too)"
 
-install: $(STAMP) $(PROMTOOL)
+install: $(STAMP) $(PROMTOOL) $(PROMETHEUS)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
 	@touch $@
 
-$(PROMTOOL): deploy/tools/install-promtool.sh | $(STAMP)
-	sh deploy/tools/install-promtool.sh $@
+# One download for both (a grouped target: GNU make 4.3+).
+$(PROMTOOL) $(PROMETHEUS) &: deploy/tools/install-promtool.sh | $(STAMP)
+	sh deploy/tools/install-promtool.sh $(PROMTOOL) $(PROMETHEUS)
 
 # --- Embedded default LLM (used by `make run` when LLM_BASE_URL is not set) -----------------
 # llama-cpp-python is source-only on PyPI: the first install compiles llama.cpp (about 3 min on

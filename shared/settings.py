@@ -67,6 +67,9 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=20, ge=1)
+    # uvicorn worker processes of an HTTP service (`<PREFIX>WORKERS`; unset: WEB_CONCURRENCY,
+    # else 1). Each has its own database pool of up to db_pool_max_size connections.
+    workers: int | None = Field(default=None, ge=1, le=64)
 
     @field_validator("log_level")
     @classmethod

@@ -18,6 +18,8 @@ What a consumer gets from it:
   group and the delivery count, then acknowledged, so the stream keeps flowing.
 - **Redis restarts.** A missing group (NOGROUP: Redis lost its data) is created again, from the
   start of the stream, where the relay re-appends the retained events.
+- **Liveness.** `heartbeat` is beaten by every read and every retry wait: the process's
+  /healthz reports the loop stalled when it has not moved for a minute (shared/probe_server.py).
 - **Logs**: one `events_applied` line per applied batch, naming the requests behind its events
   (`request_ids`, `trace_ids`: the events' `trace`, shared/tracing.py); the lines about one
   failing event carry its `request_id` and `trace_id`.
@@ -40,6 +42,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from shared.events import DEAD_LETTER_STREAM, EVENT_STREAM, Event, InvalidEvent, parse_event
+from shared.probe_server import Heartbeat
 
 log = structlog.get_logger(component="stream_consumer")
 
@@ -172,6 +175,7 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.stopping = threading.Event()
+        self.heartbeat = Heartbeat()
         self._next_reclaim = 0.0
         self._next_gauges = 0.0
 
@@ -179,6 +183,7 @@ class StreamConsumer:
 
     def run(self) -> None:
         while not self.stopping.is_set():
+            self.heartbeat.beat()
             try:
                 self.ensure_group()
                 while not self.stopping.is_set():
@@ -201,6 +206,7 @@ class StreamConsumer:
 
     def step(self) -> int:
         """One read (and, every few seconds, a reclaim and the gauges); returns entries handled."""
+        self.heartbeat.beat()
         now = time.monotonic()
         handled = 0
         if now >= self._next_reclaim:

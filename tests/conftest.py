@@ -31,7 +31,17 @@ from tests.harness import Stack, User, client, envelope_data, log_in
 from tests.support.llm_stub import start_in_thread
 
 # Settings of the developer's shell that must not leak into the services under test.
-_ISOLATED_PREFIXES = ("GATEWAY_", "CHAT_", "ANALYTICS_", "AI_WORKER_", "JWT_", "ADMIN_")
+_ISOLATED_PREFIXES = (
+    "GATEWAY_",
+    "CHAT_",
+    "ANALYTICS_",
+    "AI_WORKER_",
+    "JWT_",
+    "ADMIN_",
+    # One process per service unless a test asks for workers (shared/server.py).
+    "WEB_CONCURRENCY",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
 _LOG_TAILS = pytest.StashKey[dict[str, str]]()
 _LOG_DIR = pytest.StashKey[Path]()
 

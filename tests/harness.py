@@ -61,12 +61,15 @@ class Stack:
         assert url is not None
         return url
 
-    def start_service(self, name: str, **overrides: str) -> tuple[str | None, ManagedProcess]:
+    def start_service(
+        self, name: str, *, ready: bool = True, **overrides: str
+    ) -> tuple[str | None, ManagedProcess]:
         """Start one more process of service `name` (chat, ai_worker, ...) with `overrides` on
         top of the stack's env, on a port of its own; returns its URL (None without HTTP) and
-        process once it answers. It shares the database and the Redis prefix (so an extra
-        worker takes jobs from the same queue), and is stopped at the end of the run unless the
-        test stops or kills it first."""
+        process once it answers its readiness probe (with `ready=False`, its liveness probe:
+        for a process started with a dependency it cannot reach). It shares the database and
+        the Redis prefix (so an extra worker takes jobs from the same queue), and is stopped at
+        the end of the run unless the test stops or kills it first."""
         spec = next(spec for spec in SERVICES if spec.name == name)
         env = {**self.env, **overrides}
         assign_ports(env, [spec], free=True)
@@ -77,7 +80,8 @@ class Stack:
         self.extra.append(process)
         url = spec.url(env)
         if url is not None:
-            process.wait_http_ok(url + spec.ready_path, Deadline(READY_TIMEOUT))
+            path = spec.ready_path if ready else spec.health_path
+            process.wait_http_ok(url + path, Deadline(READY_TIMEOUT))
         return url, process
 
     def restart_service(self, name: str) -> ManagedProcess:

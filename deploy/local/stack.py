@@ -46,40 +46,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("chat", "services.chat", "CHAT_PORT", 8001),
     ServiceSpec("analytics", "services.analytics", "ANALYTICS_PORT", 8002),
     ServiceSpec("gateway", "services.gateway", "GATEWAY_PORT", 8000),
-    # The outbox relay, the webhook sender, the analytics aggregator and the workers serve only
-    # their metrics over HTTP; answering there means they started.
+    # The outbox relay, the webhook sender, the analytics aggregator and the workers serve no
+    # API: their probes (and metrics) are on a port of their own (shared/probe_server.py).
+    ServiceSpec("relay", "services.chat.relay", "CHAT_RELAY_METRICS_PORT", 9102),
+    ServiceSpec("webhooks", "services.chat.webhooks", "CHAT_WEBHOOKS_METRICS_PORT", 9104),
     ServiceSpec(
-        "relay",
-        "services.chat.relay",
-        "CHAT_RELAY_METRICS_PORT",
-        9102,
-        health_path="/metrics",
-        ready_path="/metrics",
+        "aggregator", "services.analytics.aggregator", "ANALYTICS_AGGREGATOR_METRICS_PORT", 9103
     ),
-    ServiceSpec(
-        "webhooks",
-        "services.chat.webhooks",
-        "CHAT_WEBHOOKS_METRICS_PORT",
-        9104,
-        health_path="/metrics",
-        ready_path="/metrics",
-    ),
-    ServiceSpec(
-        "aggregator",
-        "services.analytics.aggregator",
-        "ANALYTICS_AGGREGATOR_METRICS_PORT",
-        9103,
-        health_path="/metrics",
-        ready_path="/metrics",
-    ),
-    ServiceSpec(
-        "ai_worker",
-        "services.ai_worker",
-        "AI_WORKER_METRICS_PORT",
-        9101,
-        health_path="/metrics",
-        ready_path="/metrics",
-    ),
+    # Ready once its Celery consumer runs: waiting for it means the queue is being consumed.
+    ServiceSpec("ai_worker", "services.ai_worker", "AI_WORKER_METRICS_PORT", 9101),
 )
 
 

@@ -1,4 +1,5 @@
-"""`python -m services.ai_worker`: a Celery worker for AI jobs, with its metrics on a port.
+"""`python -m services.ai_worker`: a Celery worker for AI jobs, with its metrics and probes
+(/healthz, /readyz: services/ai_worker/probes.py) on a port.
 
 The pool is threads: a job spends nearly all its time waiting on the LLM, so one process keeps
 AI_WORKER_CONCURRENCY calls in flight without a process per call; the GIL is not the limit.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from services.ai_worker.app import app, resources, settings
+from services.ai_worker.probes import ConsumerProbe
 from services.ai_worker.sweeper import JobSweeper
 from shared.logs import configure_logging
+from shared.probe_server import ProbeServer, postgres_check, redis_check, thread_check
 
 
 def main() -> None:
@@ -22,11 +25,27 @@ def main() -> None:
         # repeat what the job's own reply_stored / reply_failed line says, three per job.
         for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    sweeper = JobSweeper(app, resources.replies, resources.batches)
+    consumer = ConsumerProbe()
+    consumer.connect()
     if settings.metrics_port:
         # The queue's depth and age, read at each scrape (services/ai_worker/queue_metrics.py).
         REGISTRY.register(resources.queue_collector)
-        start_http_server(settings.metrics_port, addr=settings.host)
-    sweeper = JobSweeper(app, resources.replies, resources.batches)
+        ProbeServer(
+            host=settings.host,
+            port=settings.metrics_port,
+            liveness={
+                "consumer": consumer.alive,
+                "sweeper": thread_check(sweeper, sweeper.heartbeat),
+            },
+            readiness={
+                "consumer": consumer.ready,
+                "redis": redis_check(settings.redis_url),
+                "postgres": postgres_check(
+                    settings.database_url, application_name="ai-worker-probe"
+                ),
+            },
+        ).start()
     sweeper.start()
     app.worker_main(
         [

