@@ -97,6 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="other concurrencies measured alongside, comma-separated ('' for none; 8 is the "
         "API's default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="AI worker processes (each `python -m services.ai_worker` with its defaults)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="batches per concurrency")
     parser.add_argument(
         "--pick", choices=("best", "median"), default="best",
@@ -567,7 +571,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         stack = start_ai_stack(
             children, servers, database_url, redis_prefix, run_dir,
-            stub_args=("--delay-seconds", str(args.latency)),
+            stub_args=("--delay-seconds", str(args.latency)), workers=args.workers,
         )  # fmt: skip
         (admin_token,) = mint_tokens(stack.secret, [replies.admin_id], role="admin")
         target = Target(
@@ -669,6 +673,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "warmup": args.warmup,
                 "poll_seconds": args.poll,
                 "worker_concurrency": WORKER_CONCURRENCY,
+                "workers": args.workers,
                 "log_level": "INFO",
                 "selection": selection,
             },

@@ -34,10 +34,11 @@ def start_ai_stack(
     run_dir: Path,
     *,
     stub_args: Sequence[str] = (),
+    workers: int = 1,
 ) -> AIStack:
     """Starts the stand-in LLM (`tests.support.llm_stub` with `stub_args`), the three services
-    and the AI worker (`LLM_BASE_URL` at the stub, every other setting its default) and waits
-    until each one answers."""
+    and `workers` AI worker processes (`LLM_BASE_URL` at the stub, every other setting its
+    default; named ai_worker, ai_worker-2, ...) and waits until each one answers."""
     secret = secrets.token_urlsafe(48)
     env = service_env(servers, database_url, redis_prefix, secret)
     env = {k: v for k, v in env.items() if not k.startswith(("AI_WORKER_", "LLM_"))}
@@ -59,16 +60,22 @@ def start_ai_stack(
             [sys.executable, "-m", f"services.{name}", "--port", str(ports[name])],
             log_path=run_dir / f"{name}.log", env=env, cwd=ROOT,
         )  # fmt: skip
-    worker_env = {
-        **env,
-        "LLM_BASE_URL": f"{urls['stub']}/v1",
-        "AI_WORKER_METRICS_PORT": str(ports["metrics"]),
-    }
-    procs["ai_worker"] = children.start(
-        "ai_worker", [sys.executable, "-m", "services.ai_worker"],
-        log_path=run_dir / "ai_worker.log", env=worker_env, cwd=ROOT,
-    )  # fmt: skip
+    worker_urls = {}
+    for index in range(1, workers + 1):
+        name = "ai_worker" if index == 1 else f"ai_worker-{index}"
+        port = ports["metrics"] if index == 1 else free_port()
+        worker_urls[name] = f"http://127.0.0.1:{port}"
+        worker_env = {
+            **env,
+            "LLM_BASE_URL": f"{urls['stub']}/v1",
+            "AI_WORKER_METRICS_PORT": str(port),
+        }
+        procs[name] = children.start(
+            name, [sys.executable, "-m", "services.ai_worker"],
+            log_path=run_dir / f"{name}.log", env=worker_env, cwd=ROOT,
+        )  # fmt: skip
     for name in SERVICES:
         procs[name].wait_http_ok(urls[name] + "/readyz", READY_SECONDS)
-    procs["ai_worker"].wait_http_ok(urls["metrics"] + "/metrics", READY_SECONDS)
+    for name, url in worker_urls.items():
+        procs[name].wait_http_ok(url + "/readyz", READY_SECONDS)
     return AIStack(procs, urls, env, secret)

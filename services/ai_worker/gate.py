@@ -10,11 +10,18 @@ waits here with its prompt built, and the moment a call ends the next one starts
 
 The slots are a sorted set in Redis (member: job id, score: lease expiry by Redis's clock): a
 worker killed mid-call loses its slot when the lease runs out (the task's time limit, which no
-call outlives), and a redelivered job takes back its own slot at once. A released slot pushes a
-wake-up token to a list that waiters block on (BLPOP), so a hand-over costs one round trip; a
-waiter also retries on its own every `POLL_SECONDS`, so a lost token (Redis restarted) costs
-latency, never a stall. Without Redis the gate opens (logged): the limit then rests on the
-dispatcher's count alone, as it did before this gate.
+call outlives), and a redelivered job takes back its own slot at once. A job that finds no slot
+joins the batch's queue of waiters and blocks (BLPOP) on a key of its own; a release hands the
+slot straight to the first waiter, in the same script, and wakes it there: the next call starts
+one wake-up after the last ends, with no second round trip to claim the slot. A waiter also
+looks again every `POLL_SECONDS`, so a lost wake-up (Redis restarted) costs latency, never a
+stall; a waiter that leaves (cancelled, timed out) passes on a slot it was handed meanwhile. A
+waiter whose worker dies is handed a slot it never uses until the lease runs out or its job,
+redelivered, takes it. Without Redis the gate opens (logged): the limit then rests on the
+dispatcher's count alone.
+
+The scripts touch per-waiter keys they compute (`<base>:grant:<job>`), which a Redis Cluster
+would refuse; the platform runs one Redis (or a primary with replicas).
 """
 
 from __future__ import annotations
@@ -38,26 +45,42 @@ GATE_WAIT = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
-# KEYS: slots, wake. ARGV: limit, member, lease seconds. 1 when the member holds a slot.
+# KEYS: slots, queue. ARGV: limit, member, lease seconds, grant key. 1 when the member holds a
+# slot (free, or handed to it); else it is queued (once) and 0.
 _ACQUIRE = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
 local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
 if redis.call('ZSCORE', KEYS[1], ARGV[2])
    or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], t + lease, ARGV[2])
   redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 60)
+  redis.call('LREM', KEYS[2], 0, ARGV[2])
+  redis.call('DEL', ARGV[4])
   return 1
 end
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[2], math.ceil(lease) + 60)
 return 0
 """
-# KEYS: slots, wake. ARGV: member, limit, ttl seconds. Wakes one waiter if a slot was freed.
+# KEYS: slots, queue. ARGV: member, limit, lease seconds, grant key prefix. Frees the member's
+# slot (if it holds one) and its place in the queue, then hands free slots to the first waiters.
 _RELEASE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], '1')
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local lease = tonumber(ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+while redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) do
+  local waiter = redis.call('LPOP', KEYS[2])
+  if not waiter then break end
+  redis.call('ZADD', KEYS[1], t + lease, waiter)
+  redis.call('LPUSH', ARGV[4] .. waiter, '1')
+  redis.call('EXPIRE', ARGV[4] .. waiter, 60)
 end
 return 1
 """
@@ -85,9 +108,9 @@ class BatchGate:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def _keys(self, batch_id: int) -> list[str]:
+    def _keys(self, batch_id: int) -> tuple[list[str], str]:
         base = f"{self._prefix}ai:batch-gate:{batch_id}"
-        return [f"{base}:slots", f"{base}:wake"]
+        return [f"{base}:slots", f"{base}:queue"], f"{base}:grant:"
 
     def acquire(
         self,
@@ -99,36 +122,42 @@ class BatchGate:
         deadline: float,
     ) -> bool:
         """Waits for a slot; True once held, False if the gate is unusable (Redis down: go on
-        without it). `still_wanted` is asked at each poll; GateClosed when it says no, or when
-        `deadline` (time.monotonic()) passes."""
-        keys = self._keys(batch_id)
+        without it). `still_wanted` is asked at most once a poll interval; GateClosed when it
+        says no, or when `deadline` (time.monotonic()) passes."""
+        keys, grant_prefix = self._keys(batch_id)
         member = str(job_id)
+        grant = grant_prefix + member
         started = time.monotonic()
         next_check = started + POLL_SECONDS
         try:
             while True:
-                if self._acquire(keys=keys, args=[concurrency, member, self._lease]) == 1:
+                if self._acquire(keys=keys, args=[concurrency, member, self._lease, grant]) == 1:
                     GATE_WAIT.observe(time.monotonic() - started)
                     return True
                 now = time.monotonic()
                 if now >= deadline:
+                    self.release(batch_id, job_id, concurrency)
                     raise GateClosed("No slot of the batch came free in time", cancelled=False)
                 if now >= next_check:
-                    # At most once a poll interval, however often slots change hands.
                     next_check = now + POLL_SECONDS
                     if not still_wanted():
+                        self.release(batch_id, job_id, concurrency)
                         raise GateClosed("Cancelled while waiting for a slot", cancelled=True)
-                # Blocks until a slot is released somewhere, or the poll interval passes.
-                self._client.blpop([keys[1]], timeout=POLL_SECONDS)
+                # Woken by the release that handed this job its slot (in the same script that
+                # recorded it as the holder), or after the poll interval to look again.
+                if self._client.blpop([grant], timeout=POLL_SECONDS) is not None:
+                    GATE_WAIT.observe(time.monotonic() - started)
+                    return True
         except redis.RedisError as exc:
             log.warning("batch_gate_unavailable", batch_id=batch_id, error=type(exc).__name__)
             return False
 
     def release(self, batch_id: int, job_id: int, concurrency: int) -> None:
+        """Gives up the job's slot or its place in the queue, handing free slots on."""
+        keys, grant_prefix = self._keys(batch_id)
         try:
             self._release(
-                keys=self._keys(batch_id),
-                args=[str(job_id), max(1, concurrency), int(self._lease) + 60],
+                keys=keys, args=[str(job_id), max(1, concurrency), self._lease, grant_prefix]
             )
         except redis.RedisError as exc:
             # The slot's lease frees it later; until then the batch runs one call short.

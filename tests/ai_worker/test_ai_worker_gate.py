@@ -101,3 +101,34 @@ def test_without_redis_the_gate_opens(stack: Stack) -> None:
     gate = BatchGate(dead, "x:", lease_seconds=60)
     assert gate.acquire(6, 601, 1, still_wanted=wanted, deadline=time.monotonic() + FAR) is False
     gate.release(6, 601, 1)  # logged, not raised
+
+
+def test_waiters_are_handed_slots_in_arrival_order(gate: BatchGate, client: redis.Redis) -> None:
+    assert gate.acquire(7, 701, 1, still_wanted=wanted, deadline=time.monotonic() + FAR)
+    queue = gate._keys(7)[0][1]
+    order: list[int] = []
+
+    def wait(job_id: int) -> None:
+        if gate.acquire(7, job_id, 1, still_wanted=wanted, deadline=time.monotonic() + FAR):
+            order.append(job_id)
+
+    def queued(count: int) -> None:
+        deadline = time.monotonic() + FAR
+        while client.llen(queue) < count:
+            assert time.monotonic() < deadline, "the waiter never queued"
+            time.sleep(0.01)  # a polling interval; the queue's length is what is waited on
+
+    threads = [threading.Thread(target=wait, args=(job_id,)) for job_id in (702, 703)]
+    threads[0].start()
+    queued(1)
+    threads[1].start()
+    queued(2)
+    gate.release(7, 701, 1)
+    threads[0].join(FAR)
+    assert order == [702]
+    # The first leaves (its call done, or it gave up): the slot passes to the second.
+    gate.release(7, 702, 1)
+    threads[1].join(FAR)
+    assert order == [702, 703]
+    assert client.llen(queue) == 0
+    gate.release(7, 703, 1)

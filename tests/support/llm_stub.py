@@ -120,7 +120,7 @@ import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "stub-model"
@@ -421,7 +421,7 @@ class StubState:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         rec = Received(
             id=next(self.ids),
-            received_at=time.time(),
+            received_at=getattr(request.state, "arrived_at", None) or time.time(),
             path=request.url.path,
             headers=headers,
             body=body,
@@ -608,11 +608,25 @@ def _sse(data: dict[str, Any]) -> bytes:
 # --- the app ----------------------------------------------------------------------------------
 
 
+class _ArrivalStamp:
+    """Notes when a request's headers arrived, before routing and reading the body: a request's
+    `received_at`, from which its delay runs, so the stub's own work is inside the delay."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrived_at"] = time.time()
+        await self.app(scope, receive, send)
+
+
 def create_app(behaviour: Behaviour | None = None, *, max_records: int = MAX_RECORDS) -> FastAPI:
     """The stub as an ASGI app; its state lives in `app.state.stub`."""
     state = StubState(behaviour, max_records)
     app = FastAPI(title="llm-stub", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.stub = state
+    app.add_middleware(_ArrivalStamp)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -832,6 +846,20 @@ async def _stream_chunks(
             data["usage"] = None
         return data
 
+    if plan.token_delay == 0 and plan.action != "drop":
+        # Every token is ready at once: one write of all the events (the client reads the same
+        # stream), not one per token, which would add the stub's per-write cost to its latency.
+        events = [_sse(chunk({"role": "assistant", "content": ""}))]
+        events += [_sse(chunk({"content": piece})) for piece in pieces]
+        rec.sent, rec.sent_tokens = "".join(pieces), len(pieces)
+        events.append(_sse(chunk({}, finish_reason)))
+        if usage is not None:
+            final = chunk({})
+            final["choices"], final["usage"] = [], usage
+            events.append(_sse(final))
+        events.append(b"data: [DONE]\n\n")
+        yield b"".join(events)
+        return
     yield _sse(chunk({"role": "assistant", "content": ""}))
     for index, piece in enumerate(pieces):
         if plan.action == "drop" and index >= plan.drop_after:
