@@ -47,18 +47,20 @@ def _wait_for_lines(
     text: str,
     wanted: Callable[[dict[str, Any]], bool],
 ) -> list[dict[str, Any]]:
-    """Polls the service's log (with a deadline) until a line mentioning `text` is `wanted`;
-    returns every line mentioning it."""
-    path = stack.log_dir / f"{service}.log"
+    """Polls the service's logs (with a deadline) until a line mentioning `text` is `wanted`;
+    returns every line mentioning it. Every process of the service counts: earlier tests may
+    have restarted it (`<service>-restarted-N.log`) or started more (`<service>-extra-N.log`)
+    that share its work, a consumer group's events say."""
     deadline = time.monotonic() + LOG_DEADLINE
     while True:
-        lines = _lines_mentioning(path, text)
+        paths = [stack.log_dir / f"{service}.log", *stack.log_dir.glob(f"{service}-*.log")]
+        lines = [line for path in paths for line in _lines_mentioning(path, text)]
         if any(wanted(line) for line in lines):
             return lines
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"no wanted line mentioning {text} in {path} after {LOG_DEADLINE}s; "
-                f"lines mentioning it: {lines}"
+                f"no wanted line mentioning {text} in {[p.name for p in paths]} after "
+                f"{LOG_DEADLINE}s; lines mentioning it: {lines}"
             )
         time.sleep(0.05)  # polling interval, not synchronisation: the deadline above decides
 
