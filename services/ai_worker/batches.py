@@ -59,14 +59,21 @@ class BatchDispatcher:
             batch = repo.lock_running_batch(conn, batch_id)
             if batch is None:
                 return []
-            load = repo.batch_load(conn, batch_id)
+            budgeted = batch["max_tokens"] is not None or batch["max_cost"] is not None
+            # Without a budget only the jobs in flight matter (a cheap count, once per job).
+            load = repo.batch_load(conn, batch_id) if budgeted else None
+            in_flight = int(load["in_flight"]) if load else repo.batch_in_flight(conn, batch_id)
             concurrency = int(batch["concurrency"])
-            free = concurrency + lookahead(concurrency) - int(load["in_flight"])
+            free = concurrency + lookahead(concurrency) - in_flight
             chosen: list[int] = []
             blocked = False
             if free > 0:
-                tokens = int(load["spent_tokens"]) + int(load["reserved_tokens"])
-                cost = Decimal(load["spent_cost"]) + Decimal(load["reserved_cost"])
+                tokens = int(load["spent_tokens"]) + int(load["reserved_tokens"]) if load else 0
+                cost = (
+                    Decimal(load["spent_cost"]) + Decimal(load["reserved_cost"])
+                    if load
+                    else Decimal(0)
+                )
                 for item in repo.pending_batch_items(conn, batch_id, free):
                     if not within_budget(batch, tokens, cost, item):
                         blocked = True
@@ -84,7 +91,7 @@ class BatchDispatcher:
                 if chosen
                 else []
             )
-            if not job_ids and int(load["in_flight"]) == 0:
+            if not job_ids and in_flight == 0:
                 # Nothing runs and nothing more may start: the batch is over, done or stopped
                 # by its budget with items left (which a resume with a larger budget takes up).
                 status = "budget_exhausted" if blocked else "completed"

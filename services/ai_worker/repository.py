@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,17 +16,24 @@ def add_events(conn: Connection, user_id: int, *events: tuple[str, dict[str, Any
     """Writes events (shared/events.py: type and data) to the outbox in the caller's
     transaction, in one statement, in the order given, with the trace context of the task (or
     sweep) in progress."""
+    sql, params = _outbox_insert(user_id, events)
+    conn.execute(text(sql), params)
+
+
+def _outbox_insert(
+    user_id: int, events: tuple[tuple[str, dict[str, Any]], ...]
+) -> tuple[str, dict[str, Any]]:
+    """The INSERT of `add_events` and its parameters (prefixed `ev_`), to run alone or as the
+    main statement under other writes' CTEs."""
     values = ", ".join(
-        f"(:type{i}, :uid, CAST(:data{i} AS jsonb), CAST(:trace AS jsonb))"
+        f"(:ev_type{i}, :ev_uid, CAST(:ev_data{i} AS jsonb), CAST(:ev_trace AS jsonb))"
         for i in range(len(events))
     )
-    params: dict[str, Any] = {"uid": user_id, "trace": event_trace_json()}
+    params: dict[str, Any] = {"ev_uid": user_id, "ev_trace": event_trace_json()}
     for i, (event_type, data) in enumerate(events):
-        params[f"type{i}"] = event_type
-        params[f"data{i}"] = orjson.dumps(validate_data(event_type, data)).decode()
-    conn.execute(
-        text(f"INSERT INTO chat.outbox (type, user_id, data, trace) VALUES {values}"), params
-    )
+        params[f"ev_type{i}"] = event_type
+        params[f"ev_data{i}"] = orjson.dumps(validate_data(event_type, data)).decode()
+    return f"INSERT INTO chat.outbox (type, user_id, data, trace) VALUES {values}", params
 
 
 def start_job(conn: Connection, job_id: int) -> RowMapping | None:
@@ -131,24 +138,31 @@ def store_reply(
 ) -> int | None:
     """In the caller's transaction: the agent message, the conversation's counters and session,
     the job's outcome and the usage record. None when this job's reply was stored already (the
-    unique `messages.ai_job_id` guard), in which case nothing is written."""
-    # Lock the conversation first: message times then follow commit order, as for user posts.
-    locked = conn.execute(
-        text("SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE"),
-        {"cid": job["conversation_id"]},
-    ).first()
-    if locked is None:
-        return None  # the conversation was deleted meanwhile
+    unique `messages.ai_job_id` guard), in which case nothing is written.
+
+    Two statements (round trips), not eight: the job's worker thread spends its CPU on the
+    driver's work per statement, which competes with the other jobs' threads for the GIL."""
+    # The conversation is locked first (message times then follow commit order, as for user
+    # posts); the message is inserted and counted into the conversation's session (the SQL
+    # function of chat migration 0006, the chat service's rule) in the same statement.
     inserted = conn.execute(
         text(
             """
-            INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
-                                       processing_time, ai_job_id, status, created_at,
-                                       updated_at)
-            VALUES (:cid, :content, 'agent', :tokens, :ptime, :job, :status, clock_timestamp(),
-                    clock_timestamp())
-            ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
-            RETURNING id, created_at
+            WITH conversation AS (
+                SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE
+            ), message AS (
+                INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
+                                           processing_time, ai_job_id, status, created_at,
+                                           updated_at)
+                SELECT conversation.id, :content, 'agent', :tokens, :ptime, :job, :status,
+                       clock_timestamp(), clock_timestamp()
+                FROM conversation
+                ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
+                RETURNING id, created_at
+            )
+            SELECT message.id, message.created_at,
+                   chat.record_session_activity(:cid, message.created_at, :gap)
+            FROM message
             """
         ),
         {
@@ -158,82 +172,12 @@ def store_reply(
             "ptime": processing_time,
             "job": job["id"],
             "status": "sent" if status == "completed" else status,
+            "gap": session_idle,
         },
     ).first()
     if inserted is None:
-        return None
-    message_id, created_at = inserted
-    record_session_activity(
-        conn, conversation_id=job["conversation_id"], at=created_at, idle_gap=session_idle
-    )
-    if job["regenerates_message_id"] is not None:
-        # The earlier reply stays in the history, marked as replaced.
-        conn.execute(
-            text(
-                """
-                UPDATE chat.messages SET status = 'superseded', updated_at = clock_timestamp()
-                WHERE id = :mid AND conversation_id = :cid
-                """
-            ),
-            {"mid": job["regenerates_message_id"], "cid": job["conversation_id"]},
-        )
-    conn.execute(
-        text(
-            """
-            UPDATE chat.conversations
-            SET total_messages = total_messages + 1, last_message_at = clock_timestamp(),
-                updated_at = clock_timestamp()
-            WHERE id = :cid
-            """
-        ),
-        {"cid": job["conversation_id"]},
-    )
-    conn.execute(
-        text(
-            """
-            UPDATE chat.ai_jobs
-            SET status = :status, reply_message_id = :mid, model = :model,
-                input_tokens = :itok, output_tokens = :otok, cost = :cost,
-                processing_time = :ptime, time_to_first_token = :ttft, finished_at = now(),
-                error_code = NULL, error = NULL
-            WHERE id = :id
-            """
-        ),
-        {
-            "id": job["id"],
-            "status": status,
-            "mid": message_id,
-            "model": model,
-            "itok": input_tokens,
-            "otok": output_tokens,
-            "cost": cost,
-            "ptime": processing_time,
-            "ttft": time_to_first_token,
-        },
-    )
-    conn.execute(
-        text(
-            """
-            INSERT INTO chat.ai_usage (job_id, user_id, agent_id, model, input_tokens,
-                                       output_tokens, cost, latency_seconds,
-                                       time_to_first_token_seconds, batch_id)
-            VALUES (:job, :uid, :aid, :model, :itok, :otok, :cost, :lat, :ttft, :batch)
-            ON CONFLICT (job_id) DO NOTHING
-            """
-        ),
-        {
-            "job": job["id"],
-            "uid": job["user_id"],
-            "aid": agent_id,
-            "model": model,
-            "itok": input_tokens,
-            "otok": output_tokens,
-            "cost": cost,
-            "lat": processing_time,
-            "ttft": time_to_first_token,
-            "batch": job["batch_id"],
-        },
-    )
+        return None  # stored already, or the conversation was deleted meanwhile
+    message_id, created_at, _ = inserted
     completed = {
         "job_id": job["id"],
         "conversation_id": job["conversation_id"],
@@ -255,21 +199,59 @@ def store_reply(
         "agent_id": agent_id,
         "created_at": created_at,
     }
-    add_events(
-        conn, job["user_id"], ("message.created", message), ("ai.reply.completed", completed)
+    events, event_params = _outbox_insert(
+        job["user_id"], (("message.created", message), ("ai.reply.completed", completed))
+    )
+    # The rest in one statement: data-modifying CTEs run once each, whatever the main statement
+    # (the events) reads of them, and touch distinct rows. The earlier reply (when this one
+    # regenerates it) stays in the history, marked as replaced.
+    conn.execute(
+        text(
+            """
+            WITH superseded AS (
+                UPDATE chat.messages SET status = 'superseded', updated_at = clock_timestamp()
+                WHERE id = CAST(:regenerates AS bigint) AND conversation_id = :cid
+            ), counters AS (
+                UPDATE chat.conversations
+                SET total_messages = total_messages + 1, last_message_at = clock_timestamp(),
+                    updated_at = clock_timestamp()
+                WHERE id = :cid
+            ), outcome AS (
+                UPDATE chat.ai_jobs
+                SET status = :status, reply_message_id = :mid, model = :model,
+                    input_tokens = :itok, output_tokens = :otok, cost = :cost,
+                    processing_time = :ptime, time_to_first_token = :ttft, finished_at = now(),
+                    error_code = NULL, error = NULL
+                WHERE id = :job
+            ), usage AS (
+                INSERT INTO chat.ai_usage (job_id, user_id, agent_id, model, input_tokens,
+                                           output_tokens, cost, latency_seconds,
+                                           time_to_first_token_seconds, batch_id)
+                VALUES (:job, :uid, :aid, :model, :itok, :otok, :cost, :ptime, :ttft, :batch)
+                ON CONFLICT (job_id) DO NOTHING
+            )
+            """
+            + events
+        ),
+        {
+            "regenerates": job["regenerates_message_id"],
+            "cid": job["conversation_id"],
+            "status": status,
+            "mid": message_id,
+            "model": model,
+            "itok": input_tokens,
+            "otok": output_tokens,
+            "cost": cost,
+            "ptime": processing_time,
+            "ttft": time_to_first_token,
+            "job": job["id"],
+            "uid": job["user_id"],
+            "aid": agent_id,
+            "batch": job["batch_id"],
+            **event_params,
+        },
     )
     return int(message_id)
-
-
-def record_session_activity(
-    conn: Connection, *, conversation_id: int, at: datetime, idle_gap: timedelta
-) -> None:
-    """Counts a message into the conversation's sessions: the chat service's rule, one SQL
-    function (chat migration 0006) for both writers of messages."""
-    conn.execute(
-        text("SELECT chat.record_session_activity(:cid, :at, :gap)"),
-        {"cid": conversation_id, "at": at, "gap": idle_gap},
-    )
 
 
 _FAILED_JOB = "id, user_id, conversation_id, agent_id, model, error_code, batch_id"
@@ -417,6 +399,22 @@ def lock_running_batch(conn: Connection, batch_id: int) -> RowMapping | None:
         )
         .mappings()
         .first()
+    )
+
+
+def batch_in_flight(conn: Connection, batch_id: int) -> int:
+    """The batch's jobs queued or running: all a batch without a budget needs to know, read
+    from the unfinished jobs alone (batch_load reads every item of the batch)."""
+    return int(
+        conn.execute(
+            text(
+                """
+                SELECT count(*) FROM chat.ai_jobs
+                WHERE batch_id = :id AND status IN ('queued', 'running')
+                """
+            ),
+            {"id": batch_id},
+        ).scalar_one()
     )
 
 
