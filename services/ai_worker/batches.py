@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import Engine, RowMapping
+from sqlalchemy import Connection, Engine, RowMapping
 
 from services.ai_worker import repository as repo
 from services.ai_worker.gate import lookahead
@@ -59,38 +59,20 @@ class BatchDispatcher:
             batch = repo.lock_running_batch(conn, batch_id)
             if batch is None:
                 return []
-            budgeted = batch["max_tokens"] is not None or batch["max_cost"] is not None
-            # Without a budget only the jobs in flight matter (a cheap count, once per job).
-            load = repo.batch_load(conn, batch_id) if budgeted else None
-            in_flight = int(load["in_flight"]) if load else repo.batch_in_flight(conn, batch_id)
             concurrency = int(batch["concurrency"])
-            free = concurrency + lookahead(concurrency) - in_flight
-            chosen: list[int] = []
+            cap = concurrency + lookahead(concurrency)
+            deadline = int(batch["job_deadline_seconds"])
             blocked = False
-            if free > 0:
-                tokens = int(load["spent_tokens"]) + int(load["reserved_tokens"]) if load else 0
-                cost = (
-                    Decimal(load["spent_cost"]) + Decimal(load["reserved_cost"])
-                    if load
-                    else Decimal(0)
+            in_flight: int | None
+            if batch["max_tokens"] is None and batch["max_cost"] is None:
+                # No budget: only the count of unfinished jobs matters, one statement.
+                job_ids = repo.create_next_batch_jobs(
+                    conn, batch_id=batch_id, cap=cap, deadline_seconds=deadline
                 )
-                for item in repo.pending_batch_items(conn, batch_id, free):
-                    if not within_budget(batch, tokens, cost, item):
-                        blocked = True
-                        break
-                    chosen.append(int(item["message_id"]))
-                    tokens += int(item["estimated_tokens"])
-                    cost += Decimal(item["estimated_cost"])
-            job_ids = (
-                repo.create_batch_jobs(
-                    conn,
-                    batch_id=batch_id,
-                    message_ids=chosen,
-                    deadline_seconds=int(batch["job_deadline_seconds"]),
-                )
-                if chosen
-                else []
-            )
+                # Whether any job is unfinished matters only when none started: is it over?
+                in_flight = None if job_ids else repo.batch_in_flight(conn, batch_id)
+            else:
+                job_ids, blocked, in_flight = self._top_up_within_budget(conn, batch, cap, deadline)
             if not job_ids and in_flight == 0:
                 # Nothing runs and nothing more may start: the batch is over, done or stopped
                 # by its budget with items left (which a resume with a larger budget takes up).
@@ -105,6 +87,37 @@ class BatchDispatcher:
             self._send(job_id)
         BATCH_JOBS.inc(len(job_ids))
         return job_ids
+
+    @staticmethod
+    def _top_up_within_budget(
+        conn: Connection, batch: RowMapping, cap: int, deadline: int
+    ) -> tuple[list[int], bool, int]:
+        """The next jobs that fit the batch's budget: (their ids, whether the budget stopped
+        one, the unfinished jobs before them)."""
+        batch_id = int(batch["id"])
+        load = repo.batch_load(conn, batch_id)
+        in_flight = int(load["in_flight"])
+        chosen: list[int] = []
+        blocked = False
+        free = cap - in_flight
+        if free > 0:
+            tokens = int(load["spent_tokens"]) + int(load["reserved_tokens"])
+            cost = Decimal(load["spent_cost"]) + Decimal(load["reserved_cost"])
+            for item in repo.pending_batch_items(conn, batch_id, free):
+                if not within_budget(batch, tokens, cost, item):
+                    blocked = True
+                    break
+                chosen.append(int(item["message_id"]))
+                tokens += int(item["estimated_tokens"])
+                cost += Decimal(item["estimated_cost"])
+        job_ids = (
+            repo.create_batch_jobs(
+                conn, batch_id=batch_id, message_ids=chosen, deadline_seconds=deadline
+            )
+            if chosen
+            else []
+        )
+        return job_ids, blocked, in_flight
 
     def top_up_running(self) -> int:
         """Every running batch (the sweep): returns how many jobs were started."""

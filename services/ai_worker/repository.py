@@ -468,36 +468,61 @@ def pending_batch_items(conn: Connection, batch_id: int, limit: int) -> list[Row
     )
 
 
+# Creates one queued job per picked item (with the agent's model as it is now) and records it
+# on the item; `{picked}` selects the items.
+_CREATE_BATCH_JOBS = """
+WITH picked AS ({picked}), created AS (
+    INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id,
+                              regenerates_message_id, model, include_context,
+                              deadline_at, batch_id, created_at)
+    -- clock_timestamp(): the time the job exists, after the batch lock was granted
+    -- (now() is the transaction's start, possibly before the lock wait).
+    SELECT p.conversation_id, p.user_id, a.id, p.prompt_message_id, p.message_id,
+           COALESCE(a.model, 'default'), p.include_context,
+           now() + make_interval(secs => :deadline), :batch, clock_timestamp()
+    FROM picked p LEFT JOIN chat.agents a ON a.id = p.agent_id
+    ORDER BY p.message_id
+    RETURNING id, regenerates_message_id
+)
+UPDATE chat.ai_batch_items i SET job_id = created.id
+FROM created
+WHERE i.batch_id = :batch AND i.message_id = created.regenerates_message_id
+RETURNING created.id
+"""
+
+
 def create_batch_jobs(
     conn: Connection, *, batch_id: int, message_ids: list[int], deadline_seconds: int
 ) -> list[int]:
-    """One queued job per item (with the agent's model as it is now), recorded on the item."""
+    """One queued job for each of these items (those still without one)."""
+    picked = """
+        SELECT i.* FROM chat.ai_batch_items i
+        WHERE i.batch_id = :batch AND i.message_id = ANY(:ids) AND i.job_id IS NULL
+    """
     rows = conn.execute(
-        text(
-            """
-            WITH picked AS (
-                SELECT i.* FROM chat.ai_batch_items i
-                WHERE i.batch_id = :batch AND i.message_id = ANY(:ids) AND i.job_id IS NULL
-            ), created AS (
-                INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id,
-                                          regenerates_message_id, model, include_context,
-                                          deadline_at, batch_id, created_at)
-                -- clock_timestamp(): the time the job exists, after the batch lock was granted
-                -- (now() is the transaction's start, possibly before the lock wait).
-                SELECT p.conversation_id, p.user_id, a.id, p.prompt_message_id, p.message_id,
-                       COALESCE(a.model, 'default'), p.include_context,
-                       now() + make_interval(secs => :deadline), :batch, clock_timestamp()
-                FROM picked p LEFT JOIN chat.agents a ON a.id = p.agent_id
-                ORDER BY p.message_id
-                RETURNING id, regenerates_message_id
-            )
-            UPDATE chat.ai_batch_items i SET job_id = created.id
-            FROM created
-            WHERE i.batch_id = :batch AND i.message_id = created.regenerates_message_id
-            RETURNING created.id
-            """
-        ),
+        text(_CREATE_BATCH_JOBS.format(picked=picked)),
         {"batch": batch_id, "ids": message_ids, "deadline": deadline_seconds},
+    )
+    return sorted(int(row[0]) for row in rows)
+
+
+def create_next_batch_jobs(
+    conn: Connection, *, batch_id: int, cap: int, deadline_seconds: int
+) -> list[int]:
+    """Jobs for the batch's next items, as many as bring its unfinished jobs up to `cap`: the
+    whole top-up of a batch without a budget in one statement (no estimates to add up). Run
+    under the batch's lock, so the count is of committed jobs."""
+    picked = """
+        SELECT i.* FROM chat.ai_batch_items i
+        WHERE i.batch_id = :batch AND i.job_id IS NULL
+        ORDER BY i.message_id
+        LIMIT GREATEST(0, CAST(:cap AS integer) - (
+            SELECT count(*) FROM chat.ai_jobs
+            WHERE batch_id = :batch AND status IN ('queued', 'running')))
+    """
+    rows = conn.execute(
+        text(_CREATE_BATCH_JOBS.format(picked=picked)),
+        {"batch": batch_id, "cap": cap, "deadline": deadline_seconds},
     )
     return sorted(int(row[0]) for row in rows)
 
