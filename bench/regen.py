@@ -356,7 +356,8 @@ def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
 _SEGMENTS = (
     ("queue", "job created -> a worker thread starts it (the top-up's commit, send_task, the "
      "broker, pick-up, the start transaction)"),
-    ("to_llm", "start -> the LLM request arrives (agent and history reads, prompt, openai SDK)"),
+    ("to_llm", "start -> the LLM request arrives (agent and history reads, prompt, the wait "
+               "for one of the batch's model-call slots, openai SDK)"),
     ("llm", "stand-in LLM from request to its last byte (the configured latency, streaming)"),
     ("to_store", "LLM done -> the store transaction begins (SDK parsing of the chunks, per-token "
      "Redis events, pricing)"),

@@ -15,7 +15,8 @@ _CPU_SHOWN = 0.005
 REST = (
     "store transaction begins -> the slot's next job is created (the reply's writes, commit, "
     "announce, the top-up with its wait for the batch's lock), plus the batch's start and "
-    "tail: the slot cycle minus the segments above"
+    "tail: the slot cycle minus the segments above (negative since jobs wait ready at the gate: "
+    "a job's queue and prompt overlap the model calls of the jobs before it)"
 )
 
 
