@@ -30,6 +30,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.db.pool_metrics import observe_asyncpg_pool
+
 # Labels are the route template ("/chat/conversations/{conversation_id}"), never a concrete path,
 # so the number of series is bounded by the number of routes.
 HTTP_REQUESTS = Counter(
@@ -98,8 +100,12 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
-async def metrics_endpoint(_: Request) -> Response:
+async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition (of every worker's metrics in multiprocess mode)."""
+    pool = getattr(request.app.state, "pool", None)
+    if pool is not None:
+        # Gauges read at the scrape: this process's pool as it is now.
+        observe_asyncpg_pool(pool, request.app.state.pool_name)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.db.pool import create_pool
+from shared.db.pool_metrics import watch_asyncpg_pool
 from shared.envelope import EnvelopeResponse, fail, ok
 from shared.errors import install_error_handlers
 from shared.logs import configure_logging
@@ -85,8 +86,10 @@ def postgres_lifespan(service: str) -> Lifespan:
             max_size=settings.db_pool_max_size,
             application_name=service,
         )
+        app.state.pool_name = service
         try:
-            yield
+            async with watch_asyncpg_pool(app.state.pool, service):
+                yield
         finally:
             await app.state.pool.close()
 

@@ -149,6 +149,7 @@ def http_panels(job: str) -> list[Panel]:
             "short",
             query(f'sum by (method) (http_requests_in_progress{{job="{job}"}})', "{{method}}"),
         ),
+        db_pool_panel(job),
         graph(
             f"{job}: replicas up",
             f"Instances of {job} that answered Prometheus's last scrape.",
@@ -157,6 +158,20 @@ def http_panels(job: str) -> list[Panel]:
             query(f'count(up{{job="{job}"}})', "known"),
         ),
     ]
+
+
+def db_pool_panel(job: str) -> Panel:
+    """Saturation of the process's database pool: near 100%, requests queue for a connection."""
+    return graph(
+        f"{job}: database pool in use",
+        f"Share of {job}'s database connections (pool maximum, summed over replicas) in use.",
+        "percentunit",
+        query(
+            f'sum(db_pool_connections{{job="{job}",state="in_use"}}) / '
+            f'sum(db_pool_max_connections{{job="{job}"}})',
+            "in use",
+        ),
+    )
 
 
 def slo_row() -> list[Panel]:
@@ -356,6 +371,7 @@ def worker_row() -> list[Panel]:
                 "batches {{status}}",
             ),
         ),
+        db_pool_panel("ai_worker"),
         graph(
             "Replicas up",
             "Worker processes that answered Prometheus's last scrape.",

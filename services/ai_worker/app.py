@@ -16,6 +16,7 @@ from services.ai_worker.service import ReplyService
 from services.ai_worker.settings import WorkerSettings
 from shared import tracing
 from shared.db.pool import sqlalchemy_url
+from shared.db.pool_metrics import watch_sqlalchemy_pool
 from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK, celery_app
 
 settings = WorkerSettings()
@@ -45,12 +46,15 @@ class Resources:
 
     @cached_property
     def engine(self) -> Engine:
-        return create_engine(
+        overflow = 4
+        engine = create_engine(
             sqlalchemy_url(settings.database_url),
             pool_size=settings.concurrency,
-            max_overflow=4,
+            max_overflow=overflow,
             pool_pre_ping=True,
         )
+        watch_sqlalchemy_pool(engine, "ai_worker", max_connections=settings.concurrency + overflow)
+        return engine
 
     @cached_property
     def batches(self) -> BatchDispatcher:

@@ -20,6 +20,7 @@ from services.gateway.routes import router
 from services.gateway.service import user_service
 from services.gateway.settings import GatewaySettings
 from shared.db.pool import create_pool
+from shared.db.pool_metrics import watch_asyncpg_pool
 from shared.envelope import fail
 from shared.errors import AppError
 from shared.middleware import RequestContextMiddleware, route_template
@@ -40,6 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_size=settings.db_pool_max_size,
         application_name=SERVICE,
     )
+    app.state.pool_name = SERVICE
     app.state.redis = aioredis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
@@ -64,7 +66,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     docs_task = asyncio.create_task(app.state.openapi.refresh_until_complete())
     try:
-        yield
+        async with watch_asyncpg_pool(app.state.pool, SERVICE):
+            yield
     finally:
         docs_task.cancel()
         await proxy.close()
