@@ -137,8 +137,10 @@ def store_reply(
     status: str = "completed",
 ) -> int | None:
     """In the caller's transaction: the agent message, the conversation's counters and session,
-    the job's outcome and the usage record. None when this job's reply was stored already (the
-    unique `messages.ai_job_id` guard), in which case nothing is written.
+    the job's outcome and the usage record. None, with nothing written, when this job's reply
+    was stored already (the unique `messages.ai_job_id` guard), when the job is final already
+    (the sweeper failed it at its deadline: the caller was told, the reply is too late), or when
+    the conversation was deleted.
 
     Two statements (round trips), not eight: the job's worker thread spends its CPU on the
     driver's work per statement, which competes with the other jobs' threads for the GIL."""
@@ -150,13 +152,19 @@ def store_reply(
             """
             WITH conversation AS (
                 SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE
+            ), job AS (
+                -- After the conversation (the order a conversation's delete locks them in);
+                -- the sweeper skips a locked job, and one it failed first is not stored.
+                SELECT j.id FROM chat.ai_jobs j, conversation
+                WHERE j.id = :job AND j.status IN ('queued', 'running')
+                FOR UPDATE OF j
             ), message AS (
                 INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
                                            processing_time, ai_job_id, status, created_at,
                                            updated_at)
                 SELECT conversation.id, :content, 'agent', :tokens, :ptime, :job, :status,
                        clock_timestamp(), clock_timestamp()
-                FROM conversation
+                FROM conversation, job
                 ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
                 RETURNING id, created_at
             )
@@ -176,7 +184,7 @@ def store_reply(
         },
     ).first()
     if inserted is None:
-        return None  # stored already, or the conversation was deleted meanwhile
+        return None  # stored already, final already, or the conversation was deleted
     message_id, created_at, _ = inserted
     completed = {
         "job_id": job["id"],

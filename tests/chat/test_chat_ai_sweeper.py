@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 import httpx
 import psycopg
+import redis
 
+from shared.jobs import job_stream_key
 from tests.chat.factories import add_message, create_conversation
 from tests.chat.helpers import ok_data
-from tests.harness import User
+from tests.harness import Stack, User
 
 DEADLINE = 60.0
 
@@ -78,3 +81,52 @@ def test_an_overdue_job_fails_as_deadline_exceeded(
     )
     job = _wait_final(http, alice, job_id)
     assert (job["status"], job["error_code"]) == ("failed", "deadline_exceeded"), job
+
+
+def test_a_reply_that_comes_after_its_job_failed_at_the_deadline_is_not_stored(
+    http: httpx.Client, alice: User, db: psycopg.Connection, stack: Stack
+) -> None:
+    conversation = create_conversation(http, alice)
+    marker = secrets.token_hex(5)
+    job = ok_data(
+        http.post(
+            f"/chat/conversations/{conversation['id']}/ai-response",
+            json={"message": f"slow {marker} [[delay:2]]"},
+            headers={**alice.headers, "Prefer": "respond-async"},
+        ),
+        202,
+    )
+    assert stack.llm is not None
+    stack.llm.control.wait_for_requests(1, contains=marker, timeout=DEADLINE)
+    # The model is answering; the job's deadline passes meanwhile and the sweeper fails it.
+    db.execute("UPDATE chat.ai_jobs SET deadline_at = now() - interval '1 second' WHERE id = %s",
+               (job["id"],))  # fmt: skip
+    failed = _wait_final(http, alice, job["id"])
+    assert (failed["status"], failed["error_code"]) == ("failed", "deadline_exceeded"), failed
+
+    # The worker then gets the answer: it finds the job final and stores nothing.
+    stream = redis.Redis.from_url(stack.redis_url)
+    key = job_stream_key(stack.redis_prefix, job["id"])
+    deadline = time.monotonic() + DEADLINE
+    try:
+        # The worker's end of the job says it found the job final ("duplicate"), not that it
+        # stored a reply ("completed").
+        while b"duplicate" not in (outcomes := [f.get(b"outcome") for _, f in stream.xrange(key)]):
+            assert b"completed" not in outcomes, "the late reply was stored"
+            assert time.monotonic() < deadline, f"the worker never ended the job: {outcomes}"
+            time.sleep(0.05)  # a polling interval; the job's event stream is what is waited on
+    finally:
+        stream.close()
+    job_now = ok_data(http.get(f"/chat/jobs/{job['id']}", headers=alice.headers))
+    assert (job_now["status"], job_now["error_code"]) == ("failed", "deadline_exceeded")
+    assert job_now["reply_message_id"] is None
+    agent_messages = db.execute(
+        "SELECT count(*) FROM chat.messages WHERE conversation_id = %s AND sender = 'agent'",
+        (conversation["id"],),
+    ).fetchone()
+    assert agent_messages == (0,)
+    events = db.execute(
+        "SELECT type FROM chat.outbox WHERE (data->>'job_id')::bigint = %s ORDER BY id",
+        (job["id"],),
+    ).fetchall()
+    assert [row[0] for row in events] == ["ai.reply.failed"]
