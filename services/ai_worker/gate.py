@@ -5,7 +5,7 @@ Why a gate and not only the dispatcher's count: a job spends tens of millisecond
 model call (the queue, reading the prompt, storing the reply, the next top-up). If those
 counted against the limit, every slot would idle that long per reply, and a batch would reach
 only latency / (latency + overhead) of the throughput its concurrency allows (about 60% with a
-100 ms model). So the dispatcher keeps up to `concurrency` more jobs ready (`LOOKAHEAD`), each
+100 ms model). So the dispatcher keeps up to `concurrency` more jobs ready (`lookahead`), each
 waits here with its prompt built, and the moment a call ends the next one starts.
 
 The slots are a sorted set in Redis (member: job id, score: lease expiry by Redis's clock): a
@@ -35,8 +35,12 @@ from prometheus_client import Histogram
 
 log = structlog.get_logger(component="gate")
 
-# Jobs kept ready beyond a batch's concurrency, as a multiple of it (see the module's doc).
+# Jobs kept ready beyond a batch's concurrency (see the module's doc): as many again, up to
+# LOOKAHEAD_MAX. Each holds a worker thread while it waits, so the cap keeps a wide batch from
+# taking every thread from interactive replies; a ready job is needed only for as long as the
+# next one takes to be queued and read its prompt, which real models' seconds amply cover.
 LOOKAHEAD = 1.0
+LOOKAHEAD_MAX = 8
 POLL_SECONDS = 0.5
 
 GATE_WAIT = Histogram(
@@ -88,7 +92,7 @@ return 1
 
 def lookahead(concurrency: int) -> int:
     """Jobs the dispatcher keeps ready beyond the batch's concurrency."""
-    return max(1, round(concurrency * LOOKAHEAD))
+    return max(1, min(LOOKAHEAD_MAX, round(concurrency * LOOKAHEAD)))
 
 
 class GateClosed(Exception):

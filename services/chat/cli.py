@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     regen.add_argument("--conversation", type=int, action="append", help="repeatable")
     regen.add_argument("--since", help="replies created at or after (ISO 8601)")
     regen.add_argument("--until", help="replies created before (ISO 8601)")
-    regen.add_argument("--concurrency", type=int, help="jobs at once (default 8)")
+    regen.add_argument("--concurrency", type=int, help="model calls at once (default 8)")
     regen.add_argument("--max-tokens", type=int, help="token budget")
     regen.add_argument("--max-cost", type=float, help="cost budget")
     regen.add_argument("--key", help="the batch's identity (default: from the selection)")

@@ -446,7 +446,11 @@ def _utc(value: datetime) -> datetime:
 
 class RegenerationCreate(RegenerationSelection):
     concurrency: int = Field(
-        default=8, ge=1, le=256, description="At most this many of its jobs queued or running"
+        default=8,
+        ge=1,
+        le=256,
+        description="At most this many of its jobs call the model at once (up to as many more, "
+        "at most 8, wait ready with their prompt built)",
     )
     max_tokens: int | None = Field(
         default=None, gt=0, lt=2**62, description="Token budget (input + output) of the batch"
@@ -467,7 +471,9 @@ class RegenerationCreate(RegenerationSelection):
 class RegenerationResume(StrictBody):
     """New limits for a resumed batch (unchanged when not given)."""
 
-    concurrency: int | None = Field(default=None, ge=1, le=256)
+    concurrency: int | None = Field(
+        default=None, ge=1, le=256, description="Model calls at once (see RegenerationCreate)"
+    )
     max_tokens: int | None = Field(default=None, gt=0, lt=2**62)
     max_cost: Decimal | None = Field(default=None, gt=0, max_digits=14, decimal_places=6)
     retry_failed: bool = Field(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from services.ai_worker.gate import BatchGate, GateClosed
+from services.ai_worker.gate import BatchGate, GateClosed, lookahead
 from tests.harness import Stack
 
 FAR = 30.0  # a deadline no passing test reaches
@@ -132,3 +132,7 @@ def test_waiters_are_handed_slots_in_arrival_order(gate: BatchGate, client: redi
     assert order == [702, 703]
     assert client.llen(queue) == 0
     gate.release(7, 703, 1)
+
+
+def test_a_batch_keeps_as_many_jobs_ready_as_its_concurrency_up_to_eight() -> None:
+    assert [lookahead(c) for c in (1, 4, 8, 16, 256)] == [1, 4, 8, 8, 8]
