@@ -6,8 +6,10 @@ the other's internals.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from celery import Celery
 from kombu import Queue
 
@@ -62,6 +64,44 @@ def job_done_channel(redis_prefix: str, job_id: int) -> str:
 
 def job_done_pattern(redis_prefix: str) -> str:
     return f"{redis_prefix}ai:job-done:*"
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """What a job-done announcement says: the job's final status, and for a job that stored a
+    reply, that reply's row as the chat service reads it (keys of `REPLY_FIELDS`), so the
+    request waiting for it answers without reading it back. The row is the truth; a waiter
+    without the reply in the announcement reads it."""
+
+    outcome: str
+    reply: dict[str, Any] | None = None
+
+    def encode(self) -> str:
+        if self.reply is None:
+            return self.outcome
+        return orjson.dumps({"outcome": self.outcome, "reply": self.reply}).decode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> JobDone:
+        text = data.decode() if isinstance(data, bytes) else data
+        if not text.startswith("{"):
+            return cls(text)  # a bare outcome (a job that ended without a reply)
+        try:
+            body = orjson.loads(text)
+            reply = body.get("reply")
+            if isinstance(reply, dict) and not reply.keys() >= REPLY_FIELDS:
+                reply = None
+            return cls(str(body["outcome"]), reply if isinstance(reply, dict) else None)
+        except (orjson.JSONDecodeError, KeyError, AttributeError):
+            return cls("unknown")
+
+
+REPLY_FIELDS = frozenset(
+    {
+        "status", "model", "error_code", "error", "input_tokens", "output_tokens", "cost",
+        "processing_time", "reply_message_id", "reply_content", "reply_created_at",
+    }
+)  # fmt: skip
 
 
 def job_stream_key(redis_prefix: str, job_id: int) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event, exc
 
 from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.llm import LLMClient
@@ -40,6 +42,31 @@ app = celery_app(
 )
 
 
+IDLE_PING_SECONDS = 10.0
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> None:
+    """Checks a pooled connection before use when it sat idle for `idle_seconds` (a restarted
+    or failed-over Postgres, a firewall's idle cut), instead of before every use as
+    `pool_pre_ping` does: that ping is a round trip per statement of a busy worker's hot path.
+    A connection that fails its ping is replaced (SQLAlchemy retries the checkout); one that
+    breaks between uses fails its statement, the pool is invalidated, and the job is redelivered
+    or swept (see the sweeper)."""
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
+
+
 class Resources:
     """Created on first use inside the worker process (never at import, so the Celery parent
     and tools importing this module open no connections)."""
@@ -51,8 +78,8 @@ class Resources:
             sqlalchemy_url(settings.database_url),
             pool_size=settings.concurrency,
             max_overflow=overflow,
-            pool_pre_ping=True,
         )
+        ping_when_idle(engine)
         watch_sqlalchemy_pool(engine, "ai_worker", max_connections=settings.concurrency + overflow)
         return engine
 

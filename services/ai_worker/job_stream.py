@@ -6,6 +6,7 @@ Tokens are written in batches: one writer per worker process collects them from 
 job and appends what arrived every `FLUSH_SECONDS` in one pipeline, instead of a round trip per
 token per job (which cost about 1.5 ms of a job's CPU with ~20 tokens). `reset` and `end` are
 written at once, after the tokens before them: a stream's order is always the order of calls.
+The job-done announcement goes out in the same round trip as `end`, after it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import redis
 import structlog
 
-from shared.jobs import JOB_STREAM_TTL_SECONDS, job_stream_key
+from shared.jobs import JOB_STREAM_TTL_SECONDS, JobDone, job_done_channel, job_stream_key
 
 log = structlog.get_logger(component="job_stream")
 
@@ -34,7 +35,15 @@ class StreamWriter:
         self._thread: threading.Thread | None = None
         self._failed_logged = False
 
-    def add(self, key: str, fields: dict[str, str], *, now: bool = False) -> None:
+    def add(
+        self,
+        key: str,
+        fields: dict[str, str],
+        *,
+        now: bool = False,
+        publish: tuple[str, str] | None = None,
+    ) -> None:
+        """Appends an event: batched, or `now` (with a message to `publish` after it)."""
         if not now:
             with self._lock:
                 self._pending.setdefault(key, []).append(fields)
@@ -45,7 +54,7 @@ class StreamWriter:
             with self._lock:
                 entries = self._pending.pop(key, [])
             entries.append(fields)
-            self._write({key: entries})
+            self._write({key: entries}, publish)
 
     def flush(self) -> None:
         with self._writing:
@@ -67,13 +76,17 @@ class StreamWriter:
             time.sleep(FLUSH_SECONDS)
             self.flush()
 
-    def _write(self, batches: dict[str, list[dict[str, str]]]) -> None:
+    def _write(
+        self, batches: dict[str, list[dict[str, str]]], publish: tuple[str, str] | None = None
+    ) -> None:
         try:
             pipe = self._client.pipeline(transaction=False)
             for key, entries in batches.items():
                 for fields in entries:
                     pipe.xadd(key, fields, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
                 pipe.expire(key, JOB_STREAM_TTL_SECONDS)
+            if publish is not None:
+                pipe.publish(*publish)
             pipe.execute()
             self._failed_logged = False
         except redis.RedisError as exc:
@@ -88,6 +101,7 @@ class JobEvents:
     def __init__(self, writer: StreamWriter, prefix: str, job_id: int) -> None:
         self._writer = writer
         self._key = job_stream_key(prefix, job_id)
+        self._done_channel = job_done_channel(prefix, job_id)
 
     def token(self, text: str) -> None:
         self._writer.add(self._key, {"type": "token", "text": text})
@@ -96,5 +110,12 @@ class JobEvents:
         """The model call is retried: what was streamed so far is void."""
         self._writer.add(self._key, {"type": "reset"}, now=True)
 
-    def end(self, outcome: str) -> None:
-        self._writer.add(self._key, {"type": "end", "outcome": outcome}, now=True)
+    def end(self, done: JobDone) -> None:
+        """The stream's last event, then the announcement that wakes the requests waiting for
+        the job (without it they find the outcome in the job's row, later)."""
+        self._writer.add(
+            self._key,
+            {"type": "end", "outcome": done.outcome},
+            now=True,
+            publish=(self._done_channel, done.encode()),
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,95 +38,107 @@ def _outbox_insert(
     return f"INSERT INTO chat.outbox (type, user_id, data, trace) VALUES {values}", params
 
 
-def start_job(conn: Connection, job_id: int) -> RowMapping | None:
-    """Marks a delivery of the job: running, one more attempt. None when it is already final
-    (a duplicate or late delivery: nothing to do)."""
-    return (
+@dataclass(frozen=True, slots=True)
+class StartedJob:
+    """A delivery of a job that is not final: the job, its agent (None when there is none, not
+    even a default one) and the conversation up to the prompt, newest first."""
+
+    job: dict[str, Any]
+    agent: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    message_id: int
+    created_at: datetime
+
+
+def start_job(
+    conn: Connection, job_id: int, *, history_limit: int, max_text_chars: int
+) -> StartedJob | None:
+    """Marks a delivery of the job (running, one more attempt) and reads what its prompt needs:
+    the agent (the job's, else the default one) and the conversation's latest messages up to
+    the prompt, newest first, each with its attachments (name, type, size, and for small text
+    files their text, cut at `max_text_chars`: more could never fit the prompt, so it is not
+    read). None when the job is final already (a duplicate or late delivery: nothing to do).
+
+    One statement, run outside a transaction: it is atomic alone, and every round trip (BEGIN,
+    each read, COMMIT) is driver work in the job's thread, in the interactive reply's path."""
+    row = (
         conn.execute(
             text(
                 """
-                UPDATE chat.ai_jobs
-                SET status = 'running', attempts = attempts + 1,
-                    started_at = COALESCE(started_at, now())
-                WHERE id = :id AND status IN ('queued', 'running')
-                RETURNING id, conversation_id, user_id, agent_id, prompt_message_id,
-                          regenerates_message_id, model, include_context, attempts, created_at,
-                          batch_id,
-                          (SELECT b.concurrency FROM chat.ai_batches b
-                           WHERE b.id = ai_jobs.batch_id) AS batch_concurrency
+                WITH job AS (
+                    UPDATE chat.ai_jobs
+                    SET status = 'running', attempts = attempts + 1,
+                        started_at = COALESCE(started_at, now())
+                    WHERE id = :id AND status IN ('queued', 'running')
+                    RETURNING id, conversation_id, user_id, agent_id, prompt_message_id,
+                              regenerates_message_id, model, include_context, attempts,
+                              created_at, batch_id
+                )
+                SELECT job.*,
+                       (SELECT b.concurrency FROM chat.ai_batches b
+                        WHERE b.id = job.batch_id) AS batch_concurrency,
+                       a.id AS agent__id, a.name AS agent__name, a.model AS agent__model,
+                       a.system_prompt AS agent__system_prompt,
+                       a.temperature AS agent__temperature, a.max_tokens AS agent__max_tokens,
+                       a.input_price_per_1k AS agent__input_price_per_1k,
+                       a.output_price_per_1k AS agent__output_price_per_1k,
+                       (SELECT COALESCE(json_agg(h ORDER BY h.id DESC), '[]')
+                        FROM (
+                            SELECT m.id, m.sender, m.content,
+                                   (SELECT COALESCE(json_agg(json_build_object(
+                                              'file_name', f.file_name,
+                                              'file_type', f.file_type,
+                                              'file_size', f.file_size,
+                                              'text', left(f.text_content, :max_chars),
+                                              'text_chars', length(f.text_content))
+                                              ORDER BY f.id), '[]')
+                                    FROM chat.message_attachments f
+                                    WHERE f.message_id = m.id) AS attachments
+                            FROM chat.messages m
+                            WHERE m.conversation_id = job.conversation_id
+                              AND (job.prompt_message_id IS NULL
+                                   OR m.id <= job.prompt_message_id)
+                            ORDER BY m.id DESC LIMIT :limit
+                        ) h) AS history
+                FROM job
+                LEFT JOIN LATERAL (
+                    SELECT id, name, model, system_prompt, temperature, max_tokens,
+                           input_price_per_1k, output_price_per_1k
+                    FROM chat.agents
+                    WHERE id = job.agent_id OR is_default
+                    ORDER BY id = job.agent_id DESC NULLS LAST
+                    LIMIT 1
+                ) a ON true
                 """
             ),
-            {"id": job_id},
+            {"id": job_id, "limit": history_limit, "max_chars": max_text_chars},
         )
         .mappings()
         .first()
     )
-
-
-def get_agent(conn: Connection, agent_id: int | None) -> RowMapping | None:
-    """The job's agent, or the default one when it has none (or it was deleted)."""
-    return (
-        conn.execute(
-            text(
-                """
-                SELECT id, name, model, system_prompt, temperature, max_tokens,
-                       input_price_per_1k, output_price_per_1k
-                FROM chat.agents
-                WHERE id = CAST(:id AS integer) OR is_default
-                ORDER BY id = CAST(:id AS integer) DESC NULLS LAST
-                LIMIT 1
-                """
-            ),
-            {"id": agent_id},
-        )
-        .mappings()
-        .first()
-    )
-
-
-def recent_messages(
-    conn: Connection,
-    *,
-    conversation_id: int,
-    up_to_id: int | None,
-    limit: int,
-    max_text_chars: int,
-) -> list[RowMapping]:
-    """The conversation's latest messages up to the prompt, newest first, each with its
-    attachments (name, type, size, and for small text files their text, cut at
-    `max_text_chars`: more could never fit the prompt, so it is not read)."""
-    return list(
-        conn.execute(
-            text(
-                """
-                SELECT m.id, m.sender, m.content,
-                       (SELECT COALESCE(json_agg(json_build_object(
-                                  'file_name', a.file_name, 'file_type', a.file_type,
-                                  'file_size', a.file_size,
-                                  'text', left(a.text_content, :max_chars),
-                                  'text_chars', length(a.text_content)) ORDER BY a.id), '[]')
-                        FROM chat.message_attachments a WHERE a.message_id = m.id)
-                           AS attachments
-                FROM chat.messages m
-                WHERE m.conversation_id = :cid
-                  AND (CAST(:up_to AS integer) IS NULL OR m.id <= CAST(:up_to AS integer))
-                ORDER BY m.id DESC LIMIT :limit
-                """
-            ),
-            {
-                "cid": conversation_id,
-                "up_to": up_to_id,
-                "limit": limit,
-                "max_chars": max_text_chars,
-            },
-        ).mappings()
-    )
+    if row is None:
+        return None
+    job: dict[str, Any] = {}
+    agent: dict[str, Any] = {}
+    for key, value in row.items():
+        if key.startswith("agent__"):
+            agent[key[len("agent__") :]] = value
+        elif key != "history":
+            job[key] = value
+    history = row["history"]
+    if isinstance(history, str):  # json, as text when no loader is registered
+        history = orjson.loads(history)
+    return StartedJob(job, agent if agent["id"] is not None else None, list(history))
 
 
 def store_reply(
     conn: Connection,
     *,
-    job: RowMapping,
+    job: Mapping[str, Any],
     agent_id: int | None,
     model: str,
     content: str,
@@ -135,131 +149,143 @@ def store_reply(
     time_to_first_token: float | None,
     session_idle: timedelta,
     status: str = "completed",
-) -> int | None:
-    """In the caller's transaction: the agent message, the conversation's counters and session,
-    the job's outcome and the usage record. None, with nothing written, when this job's reply
+) -> StoredReply | None:
+    """The agent message, the conversation's counters and session, the job's outcome, the usage
+    record and the events, all or nothing. None, with nothing written, when this job's reply
     was stored already (the unique `messages.ai_job_id` guard), when the job is final already
     (the sweeper failed it at its deadline: the caller was told, the reply is too late), or when
     the conversation was deleted.
 
-    Two statements (round trips), not eight: the job's worker thread spends its CPU on the
-    driver's work per statement, which competes with the other jobs' threads for the GIL."""
-    # The conversation is locked first (message times then follow commit order, as for user
-    # posts); the message is inserted and counted into the conversation's session (the SQL
-    # function of chat migration 0006, the chat service's rule) in the same statement.
-    inserted = conn.execute(
-        text(
-            """
-            WITH conversation AS (
-                SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE
-            ), job AS (
-                -- After the conversation (the order a conversation's delete locks them in);
-                -- the sweeper skips a locked job, and one it failed first is not stored.
-                SELECT j.id FROM chat.ai_jobs j, conversation
-                WHERE j.id = :job AND j.status IN ('queued', 'running')
-                FOR UPDATE OF j
-            ), message AS (
-                INSERT INTO chat.messages (conversation_id, content, sender, tokens_used,
-                                           processing_time, ai_job_id, status, created_at,
-                                           updated_at)
-                SELECT conversation.id, :content, 'agent', :tokens, :ptime, :job, :status,
-                       clock_timestamp(), clock_timestamp()
-                FROM conversation, job
-                ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
-                RETURNING id, created_at
-            )
-            SELECT message.id, message.created_at,
-                   chat.record_session_activity(:cid, message.created_at, :gap)
-            FROM message
-            """
-        ),
-        {
-            "cid": job["conversation_id"],
-            "content": content,
-            "tokens": input_tokens + output_tokens,
-            "ptime": processing_time,
-            "job": job["id"],
-            "status": "sent" if status == "completed" else status,
-            "gap": session_idle,
-        },
-    ).first()
-    if inserted is None:
-        return None  # stored already, final already, or the conversation was deleted
-    message_id, created_at, _ = inserted
+    One statement, run outside a transaction (it is atomic alone): one round trip where a
+    transaction of two statements took five with its BEGIN, COMMIT and the pool's ping, each
+    of them driver work in the job's thread, in the interactive reply's path. Every write
+    below reads the inserted `message`, so none happens when there is none; data-modifying
+    CTEs run once each, whatever the main query reads of them, and touch distinct rows."""
+    # The events' `message_id` and `created_at` come from the inserted row, in SQL: the data
+    # is checked here with stand-ins for them (the same types), then they are set.
     completed = {
         "job_id": job["id"],
         "conversation_id": job["conversation_id"],
         "agent_id": agent_id,
         "model": model,
         "status": status,
-        "message_id": message_id,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "cost": cost,
         "processing_time": processing_time,
         "time_to_first_token": time_to_first_token,
         "batch_id": job["batch_id"],
+        "message_id": 0,
     }
     message = {
         "conversation_id": job["conversation_id"],
-        "message_id": message_id,
         "sender": "agent",
         "agent_id": agent_id,
-        "created_at": created_at,
+        "message_id": 0,
+        "created_at": _EPOCH,
     }
-    events, event_params = _outbox_insert(
-        job["user_id"], (("message.created", message), ("ai.reply.completed", completed))
-    )
-    # The rest in one statement: data-modifying CTEs run once each, whatever the main statement
-    # (the events) reads of them, and touch distinct rows. The earlier reply (when this one
-    # regenerates it) stays in the history, marked as replaced.
-    conn.execute(
-        text(
-            """
-            WITH superseded AS (
-                UPDATE chat.messages SET status = 'superseded', updated_at = clock_timestamp()
-                WHERE id = CAST(:regenerates AS bigint) AND conversation_id = :cid
-            ), counters AS (
-                UPDATE chat.conversations
-                SET total_messages = total_messages + 1, last_message_at = clock_timestamp(),
-                    updated_at = clock_timestamp()
-                WHERE id = :cid
-            ), outcome AS (
-                UPDATE chat.ai_jobs
-                SET status = :status, reply_message_id = :mid, model = :model,
-                    input_tokens = :itok, output_tokens = :otok, cost = :cost,
-                    processing_time = :ptime, time_to_first_token = :ttft, finished_at = now(),
-                    error_code = NULL, error = NULL
-                WHERE id = :job
-            ), usage AS (
-                INSERT INTO chat.ai_usage (job_id, user_id, agent_id, model, input_tokens,
-                                           output_tokens, cost, latency_seconds,
-                                           time_to_first_token_seconds, batch_id)
-                VALUES (:job, :uid, :aid, :model, :itok, :otok, :cost, :ptime, :ttft, :batch)
-                ON CONFLICT (job_id) DO NOTHING
-            )
-            """
-            + events
-        ),
+    row = conn.execute(
+        _STORE_REPLY,
         {
-            "regenerates": job["regenerates_message_id"],
             "cid": job["conversation_id"],
+            "content": content,
+            "tokens": input_tokens + output_tokens,
+            "ptime": processing_time,
+            "job": job["id"],
+            "message_status": "sent" if status == "completed" else status,
+            "gap": session_idle,
+            "regenerates": job["regenerates_message_id"],
             "status": status,
-            "mid": message_id,
             "model": model,
             "itok": input_tokens,
             "otok": output_tokens,
             "cost": cost,
-            "ptime": processing_time,
             "ttft": time_to_first_token,
-            "job": job["id"],
             "uid": job["user_id"],
             "aid": agent_id,
             "batch": job["batch_id"],
-            **event_params,
+            "created_event": _event_json("message.created", message),
+            "completed_event": _event_json("ai.reply.completed", completed),
+            "trace": event_trace_json(),
         },
+    ).first()
+    if row is None:
+        return None  # stored already, final already, or the conversation was deleted
+    return StoredReply(message_id=int(row[0]), created_at=row[1])
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_json(event_type: str, data: dict[str, Any]) -> str:
+    return orjson.dumps(validate_data(event_type, data)).decode()
+
+
+# The conversation is locked first (message times then follow commit order, as for user posts);
+# the message is counted into the conversation's session by the SQL function of chat migration
+# 0006 (the chat service's rule). The earlier reply (when this one regenerates it) stays in the
+# history, marked as replaced. Events: in the outbox's order, `message.created` first.
+_STORE_REPLY = text(
+    """
+    WITH conversation AS (
+        SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE
+    ), job AS (
+        -- After the conversation (the order a conversation's delete locks them in); the
+        -- sweeper skips a locked job, and one it failed first is not stored.
+        SELECT j.id FROM chat.ai_jobs j, conversation
+        WHERE j.id = :job AND j.status IN ('queued', 'running')
+        FOR UPDATE OF j
+    ), message AS (
+        INSERT INTO chat.messages (conversation_id, content, sender, tokens_used, processing_time,
+                                   ai_job_id, status, created_at, updated_at)
+        SELECT conversation.id, :content, 'agent', :tokens, :ptime, :job, :message_status,
+               clock_timestamp(), clock_timestamp()
+        FROM conversation, job
+        ON CONFLICT (ai_job_id) WHERE ai_job_id IS NOT NULL DO NOTHING
+        RETURNING id, created_at
+    ), session AS (
+        SELECT chat.record_session_activity(:cid, message.created_at, :gap) AS id FROM message
+    ), superseded AS (
+        UPDATE chat.messages earlier SET status = 'superseded', updated_at = clock_timestamp()
+        FROM message
+        WHERE earlier.id = CAST(:regenerates AS bigint) AND earlier.conversation_id = :cid
+    ), counters AS (
+        UPDATE chat.conversations c
+        SET total_messages = total_messages + 1, last_message_at = message.created_at,
+            updated_at = message.created_at
+        FROM message
+        WHERE c.id = :cid
+    ), outcome AS (
+        UPDATE chat.ai_jobs j
+        SET status = :status, reply_message_id = message.id, model = :model,
+            input_tokens = :itok, output_tokens = :otok, cost = :cost, processing_time = :ptime,
+            time_to_first_token = :ttft, finished_at = now(), error_code = NULL, error = NULL
+        FROM message
+        WHERE j.id = :job
+    ), usage AS (
+        INSERT INTO chat.ai_usage (job_id, user_id, agent_id, model, input_tokens, output_tokens,
+                                   cost, latency_seconds, time_to_first_token_seconds, batch_id)
+        SELECT :job, :uid, :aid, :model, :itok, :otok, :cost, :ptime, :ttft, :batch FROM message
+        ON CONFLICT (job_id) DO NOTHING
+    ), events AS (
+        INSERT INTO chat.outbox (type, user_id, data, trace)
+        SELECT e.type, :uid,
+               e.data || jsonb_build_object('message_id', message.id)
+                      || CASE WHEN e.type = 'message.created' THEN jsonb_build_object(
+                             -- As pydantic writes a UTC time (shared/events.py).
+                             'created_at', to_char(message.created_at AT TIME ZONE 'UTC',
+                                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                         ELSE '{}' END,
+               CAST(:trace AS jsonb)
+        FROM message,
+             (VALUES (1, 'message.created', CAST(:created_event AS jsonb)),
+                     (2, 'ai.reply.completed', CAST(:completed_event AS jsonb)))
+                 AS e (n, type, data)
+        ORDER BY e.n
     )
-    return int(message_id)
+    SELECT message.id, message.created_at, session.id FROM message, session
+    """
+)
 
 
 _FAILED_JOB = "id, user_id, conversation_id, agent_id, model, error_code, batch_id"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
 import redis
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Engine, RowMapping
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.ai_worker import repository as repo
@@ -18,9 +20,11 @@ from services.ai_worker.gate import BatchGate, GateClosed
 from services.ai_worker.job_stream import JobEvents, StreamWriter
 from services.ai_worker.llm import Cancelled, Completion, LLMClient, LLMError, estimate_tokens
 from services.ai_worker.settings import WorkerSettings
-from shared.jobs import job_cancel_key, job_done_channel
+from shared.jobs import JobDone, job_cancel_key
 
 log = structlog.get_logger(component="reply")
+
+Job = Mapping[str, Any]  # a job's row as a delivery started it (repository.start_job)
 
 JOBS = Counter("ai_jobs_total", "AI jobs finished, by outcome.", ["outcome"])
 JOBS_IN_FLIGHT = Gauge("ai_jobs_in_flight", "AI jobs being generated right now.")
@@ -50,7 +54,7 @@ COST = Counter(
 )
 
 
-def price(agent: RowMapping, completion: Completion) -> Decimal:
+def price(agent: Mapping[str, Any], completion: Completion) -> Decimal:
     """Cost at the agent's prices when the reply was generated."""
     per_1k = Decimal(1000)
     return (
@@ -86,7 +90,7 @@ class _Budget:
         return True
 
 
-def render_message(row: RowMapping, budget: _Budget | None) -> str:
+def render_message(row: Mapping[str, Any], budget: _Budget | None) -> str:
     """A message's text for the prompt: its content, then its attachments. A text file's text
     is included while it fits the budget (None: names only, as without context); other types,
     and text that does not fit, are named with the reason."""
@@ -110,7 +114,11 @@ def render_message(row: RowMapping, budget: _Budget | None) -> str:
 
 
 def build_prompt(
-    agent: RowMapping, history: list[RowMapping], *, include_context: bool, budget_tokens: int
+    agent: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    *,
+    include_context: bool,
+    budget_tokens: int,
 ) -> list[dict[str, str]]:
     """System prompt, then as much recent history as fits the budget, oldest first; the last
     message is the one being answered. Without context: that message alone, its attachments
@@ -156,6 +164,8 @@ class ReplyService:
         self.redis = redis_client
         self.batches = batches
         self.streams = StreamWriter(redis_client)
+        # The hot path's statements are each atomic alone: no BEGIN or COMMIT round trips.
+        self.statements = engine.execution_options(isolation_level="AUTOCOMMIT")
         # No model call outlives the task's time limit: a dead worker's slot is free by then.
         self.gate = BatchGate(
             redis_client, settings.redis_prefix, lease_seconds=settings.task_time_limit_seconds
@@ -164,23 +174,19 @@ class ReplyService:
     def generate(self, job_id: int) -> str:
         """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
         a final job is left alone and a stored reply is never stored again."""
-        # One transaction marks the delivery and reads what the prompt needs.
-        with self.engine.begin() as conn:
-            job = repo.start_job(conn, job_id)
-            if job is not None and job["attempts"] <= self.settings.max_deliveries:
-                agent = repo.get_agent(conn, job["agent_id"])
-                history = repo.recent_messages(
-                    conn,
-                    conversation_id=job["conversation_id"],
-                    up_to_id=job["prompt_message_id"],
-                    limit=100,
-                    # About four characters a token: more text could never fit the budget.
-                    max_text_chars=4 * self.settings.context_budget_tokens + 4,
-                )
-        if job is None:
+        with self.statements.connect() as conn:
+            started = repo.start_job(
+                conn,
+                job_id,
+                history_limit=100,
+                # About four characters a token: more text could never fit the budget.
+                max_text_chars=4 * self.settings.context_budget_tokens + 4,
+            )
+        if started is None:
             # A duplicate or late delivery of a job that is already final.
             log.info("delivery_skipped", job_id=job_id)
             return "skipped"
+        job = started.job
         if job["attempts"] > self.settings.max_deliveries:
             # Delivered again and again without finishing: its worker keeps dying on it.
             return self._fail(
@@ -189,18 +195,18 @@ class ReplyService:
         if job["attempts"] == 1:
             QUEUE_WAIT.observe(max(0.0, time.time() - job["created_at"].timestamp()))
         JOBS_IN_FLIGHT.inc()
-        started = time.perf_counter()
+        began = time.perf_counter()
         try:
-            return self._generate(job, agent, history, started)
+            return self._generate(job, started.agent, started.history, began)
         finally:
             JOBS_IN_FLIGHT.dec()
-            GENERATION.observe(time.perf_counter() - started)
+            GENERATION.observe(time.perf_counter() - began)
 
     def _generate(
         self,
-        job: RowMapping,
-        agent: RowMapping | None,
-        history: list[RowMapping],
+        job: Job,
+        agent: Mapping[str, Any] | None,
+        history: list[dict[str, Any]],
         started: float,
     ) -> str:
         if agent is None:
@@ -254,8 +260,9 @@ class ReplyService:
                 self.gate.release(batch_id, job["id"], int(slots))
         cost = price(agent, completion)
         elapsed = time.perf_counter() - started
-        with self.engine.begin() as conn:
-            message_id = repo.store_reply(
+        status = "incomplete" if completion.cancelled else "completed"
+        with self.statements.connect() as conn:
+            stored = repo.store_reply(
                 conn,
                 job=job,
                 agent_id=agent["id"],
@@ -267,9 +274,9 @@ class ReplyService:
                 processing_time=elapsed,
                 time_to_first_token=completion.time_to_first_token_seconds,
                 session_idle=self.settings.session_idle,
-                status="incomplete" if completion.cancelled else "completed",
+                status=status,
             )
-        if message_id is None:
+        if stored is None:
             return self._finished(job, "duplicate")
         agent_label = str(agent["id"])
         if completion.time_to_first_token_seconds is not None:
@@ -282,14 +289,28 @@ class ReplyService:
         log.info(
             "reply_stored",
             job_id=job["id"],
-            message_id=message_id,
+            message_id=stored.message_id,
             tokens=completion.input_tokens + completion.output_tokens,
             seconds=round(elapsed, 3),
             attempts=completion.attempts,
         )
-        return self._finished(job, "incomplete" if completion.cancelled else "completed")
+        # The reply's row as chat reads it, so the waiting request answers without a read.
+        reply = {
+            "status": status,
+            "model": completion.model,
+            "error_code": None,
+            "error": None,
+            "input_tokens": completion.input_tokens,
+            "output_tokens": completion.output_tokens,
+            "cost": float(cost),
+            "processing_time": elapsed,
+            "reply_message_id": stored.message_id,
+            "reply_content": completion.text,
+            "reply_created_at": stored.created_at.astimezone(UTC).isoformat(),
+        }
+        return self._finished(job, status, reply)
 
-    def _still_wanted(self, job: RowMapping, watch: CancelWatch) -> bool:
+    def _still_wanted(self, job: Job, watch: CancelWatch) -> bool:
         """A waiting batch job is dropped when its batch stops or it is cancelled itself."""
         if watch.requested():
             return False
@@ -299,21 +320,21 @@ class ReplyService:
         except SQLAlchemyError:
             return True  # cannot tell: keep waiting
 
-    def _cancel(self, job: RowMapping, error: str) -> str:
+    def _cancel(self, job: Job, error: str) -> str:
         with self.engine.begin() as conn:
             changed = repo.cancel_job(conn, job_id=job["id"], error=error)
         log.info("reply_cancelled_before_call", job_id=job["id"])
         return self._finished(job, "cancelled" if changed else "duplicate")
 
-    def _fail(self, job: RowMapping, code: str, error: str) -> str:
+    def _fail(self, job: Job, code: str, error: str) -> str:
         with self.engine.begin() as conn:
             changed = repo.fail_job(conn, job_id=job["id"], code=code, error=error)
         log.warning("reply_failed", job_id=job["id"], code=code, error=error[:300])
         return self._finished(job, "failed" if changed else "duplicate")
 
-    def _finished(self, job: RowMapping, outcome: str) -> str:
+    def _finished(self, job: Job, outcome: str, reply: dict[str, Any] | None = None) -> str:
         JOBS.labels(outcome).inc()
-        self.announce(job["id"], outcome)
+        self.announce(job["id"], JobDone(outcome, reply))
         if job["batch_id"] is not None and self.batches is not None:
             # Its slot is free: the batch's next job starts now, not at the next sweep.
             try:
@@ -324,14 +345,10 @@ class ReplyService:
                 )
         return outcome
 
-    def announce(self, job_id: int, outcome: str) -> None:
-        """Tells the requests waiting on the job (and its event stream) that it is final."""
-        JobEvents(self.streams, self.settings.redis_prefix, job_id).end(outcome)
-        try:
-            self.redis.publish(job_done_channel(self.settings.redis_prefix, job_id), outcome)
-        except redis.RedisError as exc:
-            # Waiters fall back to reading the job's row; the outcome is already stored.
-            log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)
+    def announce(self, job_id: int, done: JobDone) -> None:
+        """Tells the requests waiting on the job (and its event stream) that it is final; if
+        Redis cannot be reached they find out from the job's row, where the outcome is."""
+        JobEvents(self.streams, self.settings.redis_prefix, job_id).end(done)
 
 
 class CancelWatch:

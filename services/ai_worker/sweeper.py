@@ -22,7 +22,7 @@ from services.ai_worker import repository as repo
 from services.ai_worker.batches import BatchDispatcher
 from services.ai_worker.service import ReplyService
 from shared import tracing
-from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK
+from shared.jobs import AI_QUEUE, GENERATE_REPLY_TASK, JobDone
 from shared.probe_server import STALL_SECONDS, Heartbeat
 
 log = structlog.get_logger(component="sweeper")
@@ -66,7 +66,7 @@ class JobSweeper(threading.Thread):
             )
         for job_id in expired:
             SWEPT.labels("expired").inc()
-            self._replies.announce(job_id, "failed")
+            self._replies.announce(job_id, JobDone("failed"))
         for job_id in resend:
             SWEPT.labels("requeued").inc()
             self._app.send_task(

@@ -26,6 +26,7 @@ from shared.jobs import (
     DISPATCH_BATCH_TASK,
     GENERATE_REPLY_TASK,
     JOB_STREAM_TTL_SECONDS,
+    JobDone,
     celery_app,
     job_cancel_key,
     job_done_channel,
@@ -49,7 +50,7 @@ class JobRunner:
             redis_prefix=settings.redis_prefix,
             visibility_timeout_seconds=settings.ai_visibility_timeout_seconds,
         )
-        self._waiters: dict[int, set[asyncio.Future[str]]] = {}
+        self._waiters: dict[int, set[asyncio.Future[JobDone]]] = {}
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -97,14 +98,15 @@ class JobRunner:
             await self._redis.expire(job_stream_key(self._prefix, job_id), JOB_STREAM_TTL_SECONDS)
             await self._redis.publish(job_done_channel(self._prefix, job_id), outcome)
 
-    def expect(self, job_id: int) -> asyncio.Future[str]:
+    def expect(self, job_id: int) -> asyncio.Future[JobDone]:
         """Registers a waiter for the job's end; call it before the job is sent, so the
-        announcement cannot come first, and hand the future to `wait` (or to `forget`)."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        announcement cannot come first, and hand the future to `wait` (or to `forget`). Once
+        done it holds the announcement, with the reply when the worker stored one."""
+        future: asyncio.Future[JobDone] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, set()).add(future)
         return future
 
-    def forget(self, job_id: int, future: asyncio.Future[str]) -> None:
+    def forget(self, job_id: int, future: asyncio.Future[JobDone]) -> None:
         waiters = self._waiters.get(job_id)
         if waiters is not None:
             waiters.discard(future)
@@ -117,7 +119,7 @@ class JobRunner:
         *,
         within_seconds: float,
         is_final: Callable[[], Awaitable[bool]],
-        expected: asyncio.Future[str] | None = None,
+        expected: asyncio.Future[JobDone] | None = None,
     ) -> bool:
         """True once the job finished (announced, or `is_final()` says so); False after
         `within_seconds`. With a future from `expect` (registered before the job was sent)
@@ -166,10 +168,13 @@ class JobRunner:
             job_id = int(name.rsplit(":", 1)[1])
         except (IndexError, ValueError):
             return
-        outcome = data.decode() if isinstance(data, bytes) else str(data)
-        for future in self._waiters.get(job_id, ()):
+        waiters = self._waiters.get(job_id)
+        if not waiters:
+            return
+        done = JobDone.decode(data)
+        for future in waiters:
             if not future.done():
-                future.set_result(outcome)
+                future.set_result(done)
 
 
 SSE_IDLE_SECONDS = 2.0  # how often an idle stream re-checks its job (and sends a keep-alive)

@@ -527,6 +527,10 @@ async def _enqueue_and_answer(
             f"follow it at /chat/jobs/{job_id}",
             {"job_id": job_id},
         )
+    announced = expected.result() if expected is not None and expected.done() else None
+    if announced is not None and announced.reply is not None:
+        # The worker's announcement carries the stored reply: no read of it.
+        return ok(ai_service.reply_from_row(job_id, announced.reply), "AI response generated")
     return ok(await ai_service.reply(db, user, job_id), "AI response generated")
 
 

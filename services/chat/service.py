@@ -7,6 +7,7 @@ envelope's `data`; the transaction around them is opened in exactly one place (`
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -685,6 +686,13 @@ class AIService:
             row = await repo.get_job_reply(conn, user_id=user.user_id, job_id=job_id)
         if row is None:
             raise NotFound(f"Job {job_id} not found")
+        return self.reply_from_row(job_id, row)
+
+    def reply_from_row(
+        self, job_id: int, row: Mapping[str, Any] | asyncpg.Record
+    ) -> dict[str, Any]:
+        """The reply of a job's row as `get_job_reply` reads it, or as the worker announced it
+        (shared/jobs.py `JobDone`: the same fields, its time as an ISO string)."""
         if row["status"] == "cancelled":
             raise AIReplyFailed(
                 409,
@@ -706,7 +714,7 @@ class AIService:
             "tokens_used": input_tokens + output_tokens,
             "processing_time": round(float(row["processing_time"] or 0.0), 3),
             "cost": float(row["cost"] or 0.0),
-            "created_at": row["reply_created_at"],
+            "created_at": _as_datetime(row["reply_created_at"]),
             "job_id": job_id,
             "model": row["model"],
             "input_tokens": input_tokens,
@@ -714,6 +722,10 @@ class AIService:
             # "incomplete": cancelled while generating; the text is what was produced until then.
             "status": row["status"],
         }
+
+
+def _as_datetime(value: datetime | str) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 async def add_cancelled_event(conn: Conn, job: Any) -> None:
