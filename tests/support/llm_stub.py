@@ -116,6 +116,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx
+import orjson
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -602,7 +603,8 @@ class _TruncatedResponse(Response):
 
 
 def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    # orjson: the stub's own CPU time counts in the pipeline benchmark (bench/ai.py).
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -692,7 +694,7 @@ def create_app(behaviour: Behaviour | None = None, *, max_records: int = MAX_REC
     async def chat_completions(request: Request) -> Response:
         raw = await request.body()
         try:
-            body: Any = json.loads(raw)
+            body: Any = orjson.loads(raw)
         except ValueError:
             body = raw.decode(errors="replace")
         rec = state.record(request, body)
@@ -813,7 +815,7 @@ async def _answer(state: StubState, request: Request, rec: Received, body: Any) 
         ],
         "usage": usage,
     }
-    content = json.dumps(payload).encode()
+    content = orjson.dumps(payload)
     if plan.action == "drop":
         state.finish(rec, "dropped")
         return _TruncatedResponse(content, state)
