@@ -19,6 +19,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from services.ai_worker.settings import WorkerSettings
+from shared import tracing
 
 log = structlog.get_logger(component="llm")
 
@@ -131,6 +132,8 @@ class LLMClient:
                     model=model,
                     messages=[],
                     stream=True,
+                    # The provider's side joins the job's trace (W3C Trace Context).
+                    extra_headers=_trace_headers(),
                     extra_body={
                         "messages": list(messages),
                         "temperature": temperature,
@@ -189,6 +192,11 @@ class LLMClient:
         if retry_after is not None:
             delay = max(delay, min(retry_after, s.llm_backoff_max_seconds))
         return delay
+
+
+def _trace_headers() -> dict[str, str] | None:
+    context = tracing.current()
+    return {tracing.TRACEPARENT_HEADER: context.traceparent} if context is not None else None
 
 
 def _kind_of(exc: Exception) -> str:

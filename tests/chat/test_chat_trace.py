@@ -97,9 +97,10 @@ def test_one_request_is_followed_through_every_service(
     request_id = f"follow-{secrets.token_hex(10)}"
     trace_id = secrets.token_hex(16)
     caller_span = secrets.token_hex(8)
+    message = f"follow me {secrets.token_hex(4)}"
     response = http.post(
         f"/chat/conversations/{conversation['id']}/ai-response",
-        json={"message": f"follow me {secrets.token_hex(4)}"},
+        json={"message": message},
         headers={
             **alice.headers,
             "X-Request-ID": request_id,
@@ -130,6 +131,11 @@ def test_one_request_is_followed_through_every_service(
     assert all(len(ids) == 1 for ids in spans.values()), spans
     gateway_span, chat_span, worker_span = (ids.pop() for ids in spans.values())
     assert len({caller_span, gateway_span, chat_span, worker_span}) == 4, spans
+
+    # The model provider's request is a child of the worker's span, in the caller's trace.
+    assert stack.llm is not None
+    [sent] = stack.llm.control.requests(contains=message)
+    assert sent["headers"]["traceparent"] == f"00-{trace_id}-{worker_span}-01"
 
     # The events it caused carry it: the user's message (written by chat) and the reply's two
     # (written by the worker), each with the traceparent of the span that wrote it.

@@ -17,7 +17,12 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from services.chat.webhooks import signing
 from services.chat.webhooks.process import event_body
 from services.chat.webhooks.queue import Endpoint
-from services.chat.webhooks.sender import backoff_seconds, request_of, retry_after_seconds
+from services.chat.webhooks.sender import (
+    backoff_seconds,
+    request_of,
+    retry_after_seconds,
+    trace_headers,
+)
 from shared.events import parse_event
 
 
@@ -116,6 +121,15 @@ def test_a_traced_event_keeps_its_trace_in_the_body_and_names_its_request() -> N
     assert request_of(event_body(untraced)) == {}
     assert request_of("not json") == {} and request_of("[1]") == {}
     assert request_of(_traced_event({"traceparent": "junk"}).decode()) == {}
+
+
+def test_a_delivery_carries_its_events_traceparent_when_it_is_well_formed() -> None:
+    traced = _traced_event({"request_id": "req-1", "traceparent": TRACEPARENT}).decode()
+    assert trace_headers(traced) == {"traceparent": TRACEPARENT}
+    assert trace_headers(_traced_event({"request_id": "req-1"}).decode()) == {}
+    assert trace_headers(_traced_event({"traceparent": "junk"}).decode()) == {}
+    assert trace_headers(_traced_event(None).decode()) == {}
+    assert trace_headers("not json") == {}
 
 
 def test_an_endpoint_wants_its_types_since_it_was_registered() -> None:

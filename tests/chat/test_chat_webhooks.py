@@ -170,6 +170,9 @@ def test_a_receiver_failing_twice_gets_each_event_once_with_valid_signatures(
             assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 300
             assert request.headers["webhook-signature"].startswith("v1,")
             assert request.path == "/hooks"
+            # The receiver joins the trace of the request behind the event.
+            trace = request.json()["trace"]
+            assert request.headers["traceparent"] == trace["traceparent"], trace
         # The timestamp is the attempt's own, so it never goes back.
         stamps = [int(r.headers["webhook-timestamp"]) for r in attempts]
         assert stamps == sorted(stamps)

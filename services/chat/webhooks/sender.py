@@ -18,6 +18,7 @@ import structlog
 from services.chat.webhooks import queue, signing
 from services.chat.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES, DELIVERY_LATENCY, ERRORS
 from services.chat.webhooks.settings import WebhookSettings
+from shared import tracing
 from shared.db.pool import plain_dsn
 from shared.events import EventTrace
 from shared.probe_server import STALL_SECONDS, Heartbeat
@@ -61,17 +62,33 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def request_of(body: str) -> dict[str, str]:
-    """`request_id` and `trace_id` of the event a delivery sends (its `trace`), when it has one."""
+def trace_of(body: str) -> EventTrace | None:
+    """The `trace` of the event a delivery sends, when it has one."""
     try:
         trace = orjson.loads(body).get("trace")
         if not isinstance(trace, dict):
-            return {}
-        parsed = EventTrace.model_validate(trace)
+            return None
+        return EventTrace.model_validate(trace)
     except (ValueError, AttributeError):  # not our JSON object: nothing to name
+        return None
+
+
+def request_of(body: str) -> dict[str, str]:
+    """`request_id` and `trace_id` of the event a delivery sends (its `trace`), when it has one."""
+    parsed = trace_of(body)
+    if parsed is None:
         return {}
     fields = {"request_id": parsed.request_id, "trace_id": parsed.trace_id}
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def trace_headers(body: str) -> dict[str, str]:
+    """The event's `traceparent`, well-formed, as the delivery's header: the receiver's work
+    joins the trace of the request behind the event, as a child of the span that wrote it."""
+    parsed = trace_of(body)
+    if parsed is None or tracing.parse_traceparent(parsed.traceparent) is None:
+        return {}
+    return {tracing.TRACEPARENT_HEADER: str(parsed.traceparent)}
 
 
 def attempt(http: httpx.Client, claimed: queue.Claimed, settings: WebhookSettings) -> queue.Outcome:
@@ -80,6 +97,7 @@ def attempt(http: httpx.Client, claimed: queue.Claimed, settings: WebhookSetting
     headers = {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        **trace_headers(claimed.body),
         **signing.headers(
             claimed.secrets, msg_id=str(claimed.event_id), timestamp=int(time.time()), body=body
         ),
