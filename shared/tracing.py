@@ -134,6 +134,22 @@ def task_headers() -> dict[str, str] | None:
     return context.task_headers() if context is not None else None
 
 
+def task_headers_of(trace: Any) -> dict[str, str] | None:
+    """Celery headers sending a task on behalf of a stored trace (an event's or an AI job's
+    `trace`: request id and `traceparent`), so it runs as a span of that request; None when
+    the trace names no valid request."""
+    if not isinstance(trace, dict):
+        return None
+    request_id = valid_request_id(_str(trace.get("request_id")))
+    if request_id is None:
+        return None
+    headers = {TASK_REQUEST_ID: request_id}
+    traceparent = _str(trace.get("traceparent"))
+    if parse_traceparent(traceparent) is not None:
+        headers[TASK_TRACEPARENT] = str(traceparent)
+    return headers
+
+
 def event_trace() -> dict[str, str] | None:
     """The `trace` of an event written now (None outside any request or task)."""
     context = _current.get()

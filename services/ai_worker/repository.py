@@ -393,8 +393,11 @@ def expire_overdue_jobs(conn: Connection) -> list[int]:
     return [int(row["id"]) for row in expired]
 
 
-def claim_unstarted_jobs(conn: Connection, *, older_than_seconds: int, limit: int) -> list[int]:
-    """Queued jobs no worker has started for a while: marked re-sent now, to be published again."""
+def claim_unstarted_jobs(
+    conn: Connection, *, older_than_seconds: int, limit: int
+) -> list[tuple[int, Any]]:
+    """Queued jobs no worker has started for a while: marked re-sent now, to be published again,
+    each with the trace of the request that created it."""
     rows = conn.execute(
         text(
             """
@@ -407,12 +410,12 @@ def claim_unstarted_jobs(conn: Connection, *, older_than_seconds: int, limit: in
                 LIMIT :limit
                 FOR UPDATE SKIP LOCKED
             )
-            RETURNING id
+            RETURNING id, trace
             """
         ),
         {"age": older_than_seconds, "limit": limit},
     )
-    return [int(row[0]) for row in rows]
+    return [(int(row[0]), row[1]) for row in rows]
 
 
 # --- batch regeneration ---------------------------------------------------------------------------

@@ -67,11 +67,11 @@ class JobSweeper(threading.Thread):
         for job_id in expired:
             SWEPT.labels("expired").inc()
             self._replies.announce(job_id, JobDone("failed"))
-        for job_id in resend:
+        for job_id, trace in resend:
             SWEPT.labels("requeued").inc()
-            self._app.send_task(
-                GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE, headers=tracing.task_headers()
-            )
+            # On behalf of the request that created the job, when it is known.
+            headers = tracing.task_headers_of(trace) or tracing.task_headers()
+            self._app.send_task(GENERATE_REPLY_TASK, args=[job_id], queue=AI_QUEUE, headers=headers)
         dispatched = self._batches.top_up_running()
         if expired or resend or dispatched:
             log.info("swept", expired=len(expired), requeued=len(resend), batch_jobs=dispatched)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.chat.factories import create_conversation
+from tests.chat.factories import add_message, create_conversation
 from tests.chat.helpers import ok_data
 from tests.harness import Stack, User
 
@@ -200,3 +200,39 @@ def test_an_invalid_or_missing_traceparent_starts_a_new_trace_that_the_services_
         _assert_in_request(gateway_line, "gateway", request_id, trace_id)
         _assert_in_request(upstream_line, service, request_id, trace_id)
         assert upstream_line["span_id"] != gateway_line["span_id"]
+
+
+def test_a_job_the_sweeper_sends_again_runs_in_the_request_that_created_it(
+    stack: Stack, http: httpx.Client, alice: User, db: psycopg.Connection
+) -> None:
+    conversation = create_conversation(http, alice)
+    message = add_message(http, alice, conversation["id"], content="was my task ever sent?")
+    request_id = f"lost-{secrets.token_hex(10)}"
+    trace_id, span = secrets.token_hex(16), secrets.token_hex(8)
+    # Stored by its request, but its publish was lost (a crash): only the sweeper sends it.
+    row = db.execute(
+        """
+        INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id, model,
+                                  deadline_at, created_at, trace)
+        SELECT %s, %s, id, %s, model, now() + interval '10 minutes', now() - interval '1 hour',
+               %s::jsonb
+        FROM chat.agents WHERE is_default
+        RETURNING id
+        """,
+        (
+            conversation["id"],
+            alice.id,
+            message["message_id"],
+            json.dumps({"request_id": request_id, "traceparent": f"00-{trace_id}-{span}-01"}),
+        ),
+    ).fetchone()
+    assert row is not None
+    job_id = int(row[0])
+
+    def stored(line: dict[str, Any]) -> bool:
+        return line["msg"] == "reply_stored" and line.get("job_id") == job_id
+
+    lines = _wait_for_lines(stack, "ai_worker", request_id, stored)
+    for line in lines:
+        _assert_in_request(line, "ai_worker", request_id, trace_id)
+        assert line["span_id"] != span  # a span of its own, a child of the request's
