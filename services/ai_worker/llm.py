@@ -142,7 +142,7 @@ class LLMClient:
                     },
                 ) as response:
                     try:
-                        for chunk in _chunks(response.iter_lines()):
+                        for chunk in _chunks(_lines(response.iter_bytes())):
                             received.add(chunk, started, on_piece)
                     except Cancelled:
                         # Leaving the block closes the response: the upstream call is aborted,
@@ -215,13 +215,29 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
-def _chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+def _lines(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines of a Server-Sent Events body as it arrives, without their ends (LF, CRLF or a
+    lone CR, as the format allows). Bytes, split here: the SDK's text lines decode and re-split
+    every piece through two more layers, a third of the stream's reading time."""
+    rest = b""
+    for piece in pieces:
+        if b"\r" in piece:
+            piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # A CRLF split across two pieces leaves a CR at the end of the first (now an LF) and an
+        # LF at the start of the second: one blank line more, which `_chunks` skips.
+        *lines, rest = (rest + piece).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _chunks(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """The JSON chunks of an OpenAI-style Server-Sent Events stream, up to `[DONE]`."""
     for line in lines:
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             continue  # blank separators, comments, `event:` lines
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             return
         try:
             chunk = orjson.loads(data)
