@@ -633,76 +633,17 @@ async def store_idempotent_response(
 
 # --- AI jobs -------------------------------------------------------------------------------------
 
-_JOB_COLUMNS = """
+# Jobs are created by the folded statements of services/chat/job_intake.py.
+JOB_COLUMNS = """
     id, conversation_id, user_id, agent_id, status, model, prompt_message_id, reply_message_id,
     regenerates_message_id, attempts, error_code, error, input_tokens, output_tokens,
     cost::float8 AS cost, processing_time, created_at, started_at, finished_at, batch_id
 """
 
 
-async def lock_conversation(conn: Conn, *, user_id: int, conversation_id: int) -> Record | None:
-    """The caller's conversation, locked for this transaction (so its latest message is stable)."""
-    return await conn.fetchrow(
-        f"""
-        SELECT {_CONVERSATION_COLUMNS} FROM chat.conversations
-        WHERE id = $1 AND user_id = $2 FOR UPDATE
-        """,
-        conversation_id,
-        user_id,
-    )
-
-
-async def latest_message(conn: Conn, *, conversation_id: int) -> Record | None:
-    return await conn.fetchrow(
-        """
-        SELECT id, sender, content FROM chat.messages
-        WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1
-        """,
-        conversation_id,
-    )
-
-
-async def default_agent(conn: Conn) -> Record | None:
-    return await conn.fetchrow(
-        f"SELECT {_AGENT_COLUMNS} FROM chat.agents WHERE is_default AND is_active LIMIT 1"
-    )
-
-
-async def insert_job(
-    conn: Conn,
-    *,
-    conversation_id: int,
-    user_id: int,
-    agent_id: int,
-    prompt_message_id: int,
-    model: str,
-    include_context: bool,
-    deadline_seconds: int,
-    regenerates_message_id: int | None = None,
-) -> Record:
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO chat.ai_jobs (conversation_id, user_id, agent_id, prompt_message_id, model,
-                                  include_context, deadline_at, regenerates_message_id)
-        VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
-        RETURNING {_JOB_COLUMNS}
-        """,
-        conversation_id,
-        user_id,
-        agent_id,
-        prompt_message_id,
-        model,
-        include_context,
-        deadline_seconds,
-        regenerates_message_id,
-    )
-    assert row is not None
-    return row
-
-
 async def get_job(conn: Conn, *, user_id: int, job_id: int) -> Record | None:
     return await conn.fetchrow(
-        f"SELECT {_JOB_COLUMNS} FROM chat.ai_jobs WHERE id = $1 AND user_id = $2",
+        f"SELECT {JOB_COLUMNS} FROM chat.ai_jobs WHERE id = $1 AND user_id = $2",
         job_id,
         user_id,
     )
@@ -723,53 +664,6 @@ async def get_job_reply(conn: Conn, *, user_id: int, job_id: int) -> Record | No
     )
 
 
-async def lock_user_ai_quota(conn: Conn, *, user_id: int) -> None:
-    """Serialises one user's job creations until commit, so quota checks cannot race."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chat.ai-quota'), $1)", user_id)
-
-
-async def ai_usage_today(conn: Conn, *, user_id: int) -> Record:
-    """The user's unfinished jobs, and tokens and cost used since midnight UTC. Jobs of batch
-    regenerations are an administrator's, paid from the batch's budget: they do not count."""
-    row = await conn.fetchrow(
-        """
-        SELECT
-            (SELECT count(*) FROM chat.ai_jobs
-             WHERE user_id = $1 AND status IN ('queued', 'running') AND batch_id IS NULL)
-                AS active_jobs,
-            COALESCE(sum(input_tokens + output_tokens), 0) AS tokens,
-            COALESCE(sum(cost), 0)::float8 AS cost
-        FROM chat.ai_usage
-        WHERE user_id = $1 AND batch_id IS NULL
-          AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-        """,
-        user_id,
-    )
-    assert row is not None
-    return row
-
-
-async def reply_to_regenerate(
-    conn: Conn, *, conversation_id: int, message_id: int
-) -> Record | None:
-    """An agent message of the conversation, with the user message it answered (its job's
-    prompt, else the latest user message before it) and its agent."""
-    return await conn.fetchrow(
-        """
-        SELECT m.id, m.status, j.agent_id, COALESCE(j.include_context, true) AS include_context,
-               COALESCE(j.prompt_message_id, (
-                   SELECT max(p.id) FROM chat.messages p
-                   WHERE p.conversation_id = m.conversation_id AND p.id < m.id
-                     AND p.sender = 'user')) AS prompt_message_id
-        FROM chat.messages m
-        LEFT JOIN chat.ai_jobs j ON j.id = m.ai_job_id
-        WHERE m.id = $1 AND m.conversation_id = $2 AND m.sender = 'agent'
-        """,
-        message_id,
-        conversation_id,
-    )
-
-
 async def cancel_queued_job(conn: Conn, *, user_id: int, job_id: int) -> Record | None:
     """Cancels the caller's job if no worker has started it (else None)."""
     return await conn.fetchrow(
@@ -778,7 +672,7 @@ async def cancel_queued_job(conn: Conn, *, user_id: int, job_id: int) -> Record 
         SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
             error = 'Cancelled before generation started'
         WHERE id = $1 AND user_id = $2 AND status = 'queued'
-        RETURNING {_JOB_COLUMNS}
+        RETURNING {JOB_COLUMNS}
         """,
         job_id,
         user_id,

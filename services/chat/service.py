@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from services.chat import job_intake as intake
 from services.chat import repository as repo
 from services.chat.ai_jobs import JobRunner
 from services.chat.pagination import (
@@ -504,61 +505,27 @@ class AIService:
         session_idle: timedelta,
     ) -> dict[str, Any]:
         """Stores the job (and the user's message first, unless it is already the latest one,
-        so the history stays whole); the caller commits, then enqueues."""
-        conversation = await repo.lock_conversation(
+        so the history stays whole); the caller commits, then enqueues. Two statements: see
+        services/chat/job_intake.py."""
+        conversation = await intake.lock_for_job(
             conn, user_id=user.user_id, conversation_id=conversation_id
         )
         if conversation is None:
             raise _conversation_not_found(conversation_id)
-        await self._check_quota(conn, user, quota)
-        agent = await self._agent(conn, body.agent_id or conversation["agent_id"])
-        latest = await repo.latest_message(conn, conversation_id=conversation_id)
-        if latest is not None and latest["sender"] == "user" and latest["content"] == body.message:
-            prompt_message_id = latest["id"]
-        else:
-            counted = await repo.record_new_message(
-                conn, user_id=user.user_id, conversation_id=conversation_id
-            )
-            assert counted is not None  # the conversation is locked and theirs
-            message = await repo.insert_message(
-                conn,
-                conversation_id=conversation_id,
-                content=body.message,
-                sender="user",
-                content_type="text",
-                message_type="text",
-                at=counted["last_message_at"],
-            )
-            await repo.record_session_activity(
-                conn,
-                conversation_id=conversation_id,
-                at=message["created_at"],
-                idle_gap=session_idle,
-            )
-            prompt_message_id = message["id"]
-            await repo.add_event(
-                conn,
-                "message.created",
-                user_id=user.user_id,
-                data={
-                    "conversation_id": conversation_id,
-                    "message_id": message["id"],
-                    "sender": "user",
-                    "agent_id": None,
-                    "created_at": message["created_at"],
-                },
-            )
-        job = await repo.insert_job(
+        stored = await intake.store_prompt_and_job(
             conn,
             conversation_id=conversation_id,
             user_id=user.user_id,
-            agent_id=agent["id"],
-            prompt_message_id=prompt_message_id,
-            model=agent["model"],
+            agent_id=body.agent_id or conversation["agent_id"],
+            message=body.message,
             include_context=body.include_context,
             deadline_seconds=deadline_seconds,
+            max_concurrent_jobs=quota.max_concurrent_jobs,
+            daily_tokens=quota.daily_tokens,
+            daily_cost=quota.daily_cost,
+            session_idle=session_idle,
         )
-        return {"job_id": job["id"], "job": dict(job)}
+        return _stored_job(stored, quota)
 
     async def create_regeneration(
         self,
@@ -572,72 +539,27 @@ class AIService:
     ) -> dict[str, Any]:
         """A job that answers the same user message again; the earlier reply is kept (marked
         `superseded` when the new one is stored)."""
-        conversation = await repo.lock_conversation(
+        conversation = await intake.lock_for_job(
             conn, user_id=user.user_id, conversation_id=conversation_id
         )
         if conversation is None:
             raise _conversation_not_found(conversation_id)
-        reply = await repo.reply_to_regenerate(
-            conn, conversation_id=conversation_id, message_id=message_id
-        )
-        if reply is None:
-            raise NotFound(f"No agent reply {message_id} in conversation {conversation_id}")
-        if reply["prompt_message_id"] is None:
-            raise ValidationFailed("This reply answers no user message; there is nothing to redo")
-        await self._check_quota(conn, user, quota)
-        agent = await self._agent(conn, reply["agent_id"] or conversation["agent_id"])
-        job = await repo.insert_job(
+        stored = await intake.store_regeneration_job(
             conn,
             conversation_id=conversation_id,
             user_id=user.user_id,
-            agent_id=agent["id"],
-            prompt_message_id=reply["prompt_message_id"],
-            model=agent["model"],
-            include_context=reply["include_context"],
+            message_id=message_id,
+            conversation_agent_id=conversation["agent_id"],
             deadline_seconds=deadline_seconds,
-            regenerates_message_id=message_id,
+            max_concurrent_jobs=quota.max_concurrent_jobs,
+            daily_tokens=quota.daily_tokens,
+            daily_cost=quota.daily_cost,
         )
-        return {"job_id": job["id"], "job": dict(job)}
-
-    async def _agent(self, conn: Conn, agent_id: int | None) -> asyncpg.Record:
-        """The given agent (active), else the default one."""
-        if agent_id is not None:
-            agent = await repo.get_agent(conn, agent_id=agent_id, include_inactive=False)
-            if agent is None:
-                raise _unknown_agent(agent_id)
-            return agent
-        agent = await repo.default_agent(conn)
-        if agent is None:
-            raise ValidationFailed("agent_id: the conversation has no agent and none is default")
-        return agent
-
-    async def _check_quota(self, conn: Conn, user: Principal, quota: AIQuota) -> None:
-        """Limits checked before any model call: concurrent jobs, and tokens and cost per UTC
-        day. A quota is per user, so the check holds a per-user lock until the job is stored."""
-        await repo.lock_user_ai_quota(conn, user_id=user.user_id)
-        usage = await repo.ai_usage_today(conn, user_id=user.user_id)
-        if usage["active_jobs"] >= quota.max_concurrent_jobs:
-            raise RateLimited(
-                f"{usage['active_jobs']} AI replies are already being generated for you; "
-                f"at most {quota.max_concurrent_jobs} at once",
-                headers={"Retry-After": "2"},
-                details={"quota": "concurrent_jobs", "limit": quota.max_concurrent_jobs},
-            )
-        over_tokens = usage["tokens"] >= quota.daily_tokens
-        over_cost = quota.daily_cost > 0 and usage["cost"] >= quota.daily_cost
-        if over_tokens or over_cost:
-            now = datetime.now(UTC)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            which = "daily_tokens" if over_tokens else "daily_cost"
-            raise RateLimited(
-                f"Your AI quota for today is used up ({which}); it resets at 00:00 UTC",
-                headers={"Retry-After": str(max(1, int((midnight - now).total_seconds())))},
-                details={
-                    "quota": which,
-                    "limit": quota.daily_tokens if over_tokens else quota.daily_cost,
-                    "used": usage["tokens"] if over_tokens else usage["cost"],
-                },
-            )
+        if stored["refusal"] == "no_reply":
+            raise NotFound(f"No agent reply {message_id} in conversation {conversation_id}")
+        if stored["refusal"] == "no_prompt":
+            raise ValidationFailed("This reply answers no user message; there is nothing to redo")
+        return _stored_job(stored, quota)
 
     async def get_job(self, conn: Conn, user: Principal, job_id: int) -> dict[str, Any]:
         row = await repo.get_job(conn, user_id=user.user_id, job_id=job_id)
@@ -726,6 +648,48 @@ class AIService:
 
 def _as_datetime(value: datetime | str) -> datetime:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _stored_job(stored: asyncpg.Record, quota: AIQuota) -> dict[str, Any]:
+    """The answer for a job job_intake stored, or the error its verdict refused it with (the
+    service's checks were answered before: the checks here follow them in the API's order)."""
+    refusal = stored["refusal"]
+    if refusal is not None:
+        raise _refusal_error(refusal, stored, quota)
+    job = dict(stored)
+    for column in intake.VERDICT_COLUMNS:
+        del job[column]
+    return {"job_id": job["id"], "job": job}
+
+
+def _refusal_error(refusal: str, verdict: asyncpg.Record, quota: AIQuota) -> AppError:
+    """Limits checked before any model call: concurrent jobs, and tokens and cost per UTC day
+    (per user: job_intake holds a per-user lock until the job is stored); then the agent."""
+    if refusal == "concurrent_jobs":
+        return RateLimited(
+            f"{verdict['active_jobs']} AI replies are already being generated for you; "
+            f"at most {quota.max_concurrent_jobs} at once",
+            headers={"Retry-After": "2"},
+            details={"quota": "concurrent_jobs", "limit": quota.max_concurrent_jobs},
+        )
+    if refusal in ("daily_tokens", "daily_cost"):
+        over_tokens = refusal == "daily_tokens"
+        now = datetime.now(UTC)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return RateLimited(
+            f"Your AI quota for today is used up ({refusal}); it resets at 00:00 UTC",
+            headers={"Retry-After": str(max(1, int((midnight - now).total_seconds())))},
+            details={
+                "quota": refusal,
+                "limit": quota.daily_tokens if over_tokens else quota.daily_cost,
+                "used": verdict["tokens_used"] if over_tokens else verdict["cost_used"],
+            },
+        )
+    assert refusal == "no_agent", refusal
+    agent_id = verdict["wanted_agent_id"]
+    if agent_id is not None:
+        return _unknown_agent(agent_id)
+    return ValidationFailed("agent_id: the conversation has no agent and none is default")
 
 
 async def add_cancelled_event(conn: Conn, job: Any) -> None:

@@ -87,3 +87,37 @@ async def test_more_waiting_replies_than_pooled_connections_all_finish(
     responses = await asyncio.gather(*(ask(u, c) for u, c in targets))
     assert len(responses) == 32
     assert [r.status_code for r in responses] == [200] * 32, [r.text[:200] for r in responses]
+
+
+def test_refusals_keep_their_order(
+    http: httpx.Client, alice: User, bob: User, db: psycopg.Connection
+) -> None:
+    """One statement judges quota and agent (services/chat/job_intake.py); the answers keep the
+    order of separate checks: someone else's conversation (404), then the quota (429), then the
+    agent (422)."""
+    conversation = create_conversation(http, alice)
+    db.execute(
+        """
+        INSERT INTO chat.ai_usage (job_id, user_id, model, input_tokens, output_tokens, cost,
+                                   latency_seconds)
+        VALUES (%s, %s, 'm', 600000, 400000, 0, 1)
+        """,
+        (-secrets.randbelow(2**40) - 1, alice.id),
+    )
+    path = f"/chat/conversations/{conversation['id']}/ai-response"
+    unknown_agent = {"message": "who answers?", "agent_id": 1_999_999_999}
+    assert_error(http.post(path, json=unknown_agent, headers=bob.headers), 404, "not_found")
+    error = assert_error(
+        http.post(path, json=unknown_agent, headers=alice.headers), 429, "rate_limited"
+    )
+    assert error["error"]["details"] == {
+        "quota": "daily_tokens",
+        "limit": 1_000_000,
+        "used": 1_000_000,
+    }
+    db.execute("DELETE FROM chat.ai_usage WHERE user_id = %s", (alice.id,))
+    error = assert_error(
+        http.post(path, json=unknown_agent, headers=alice.headers), 422, "validation_error"
+    )
+    assert error["message"] == "agent_id: no active agent 1999999999"
+    assert list_messages(http, alice, conversation["id"])["total"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,7 +14,8 @@ import psycopg
 import pytest
 import redis
 
-from shared.events import EVENT_STREAM, InvalidEvent, parse_event
+from services.chat.job_intake import iso_utc
+from shared.events import EVENT_STREAM, InvalidEvent, parse_event, validate_data
 from tests.chat.factories import add_message, create_conversation
 from tests.chat.helpers import ok_data
 from tests.harness import Stack, User
@@ -123,3 +125,55 @@ def test_events_are_appended_again_after_redis_lost_them(
     )
     found = wait_events(stack, stream, conversation["id"], 1)
     assert found[0][0] == "conversation.created"
+
+
+def test_an_ai_requests_message_event_is_the_one_a_post_writes(
+    http: httpx.Client, alice: User, db: psycopg.Connection
+) -> None:
+    """The AI request builds its user message's event in SQL (services/chat/job_intake.py): the
+    data must be what `validate_data` makes of the stored message, as for a post."""
+    conversation = create_conversation(http, alice)
+    ok_data(
+        http.post(
+            f"/chat/conversations/{conversation['id']}/ai-response",
+            json={"message": "an event, please"},
+            headers={**alice.headers, "Prefer": "respond-async"},
+        ),
+        202,
+    )
+    message = db.execute(
+        "SELECT id, created_at FROM chat.messages WHERE conversation_id = %s",
+        (conversation["id"],),
+    ).fetchone()
+    assert message is not None
+    stored = db.execute(
+        """
+        SELECT data, trace FROM chat.outbox
+        WHERE type = 'message.created' AND user_id = %s AND (data->>'message_id')::int = %s
+        """,
+        (alice.id, message[0]),
+    ).fetchall()
+    expected = {
+        "conversation_id": conversation["id"],
+        "message_id": message[0],
+        "sender": "user",
+        "agent_id": None,
+        "created_at": message[1],
+    }
+    assert [data for data, _ in stored] == [validate_data("message.created", expected)]
+    assert stored[0][1]["request_id"]
+
+
+@pytest.mark.parametrize("microseconds", [0, 1, 120_000, 999_999])
+def test_sql_built_event_times_are_written_as_pydantic_writes_them(
+    db: psycopg.Connection, microseconds: int
+) -> None:
+    """Consumers parse either form, but a SQL-built event should not differ from a Python-built
+    one: no fraction when it is zero, six digits otherwise, UTC as `Z`, whatever the session's
+    time zone."""
+    at = datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC) + timedelta(microseconds=microseconds)
+    with db.transaction():
+        db.execute("SET LOCAL TimeZone = 'Asia/Kathmandu'")
+        row = db.execute(f"SELECT {iso_utc('%(at)s::timestamptz')}", {"at": at}).fetchone()
+    fields = {"conversation_id": 1, "message_id": 1, "sender": "user", "agent_id": None}
+    assert row == (validate_data("message.created", {**fields, "created_at": at})["created_at"],)

@@ -154,6 +154,12 @@ def test_one_request_is_followed_through_every_service(
         }, (kind, trace)
     # The conversation was created by another request, with a trace of its own.
     assert events[0][1]["request_id"] != request_id
+    # The job keeps it too, for the sweeper to send the job again on this request's behalf.
+    job_trace = db.execute(
+        "SELECT trace FROM chat.ai_jobs WHERE id = %s", (response.json()["data"]["job_id"],)
+    ).fetchone()
+    chat_parent = f"00-{trace_id}-{chat_span}-01"
+    assert job_trace == ({"request_id": request_id, "traceparent": chat_parent},)
 
     # The aggregator names the request (and its trace) in the line of each batch it applied.
     def names_request(line: dict[str, Any]) -> bool:
