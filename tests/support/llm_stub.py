@@ -781,17 +781,18 @@ async def _answer(state: StubState, request: Request, rec: Received, body: Any) 
             and options.get("include_usage") is True
             and plan.usage_in_stream
         )
-        chunks = _stream_chunks(
-            state,
-            rec,
-            plan,
-            pieces,
-            finish_reason,
-            model,
-            completion_id,
-            created,
-            usage if include_usage else None,
-        )
+        stream = _Stream(model, completion_id, created, usage if include_usage else None)
+        if plan.token_delay == 0 and plan.action != "drop":
+            # Every token is ready at once: the whole stream in one plain response (the client
+            # reads the same events), without a streaming response's per-write and per-task
+            # cost, which would count as the stand-in provider's latency.
+            content = stream.whole(pieces, finish_reason)
+            rec.sent, rec.sent_tokens = "".join(pieces), len(pieces)
+            state.finish(rec, "completed")
+            return Response(
+                content, media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
+        chunks = _stream_chunks(state, rec, plan, pieces, finish_reason, stream)
         return _SSEResponse(chunks, state, rec, headers={"cache-control": "no-cache"})
 
     generation = plan.token_delay * max(0, len(pieces) - 1)
@@ -824,45 +825,58 @@ async def _answer(state: StubState, request: Request, rec: Received, body: Any) 
     return Response(content, media_type="application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """The events of one streamed answer."""
+
+    model: str
+    completion_id: str
+    created: int
+    usage: dict[str, int] | None  # sent in a last chunk when the request asked for it
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(self._data(delta, finish))
+
+    def _data(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.usage is not None:
+            data["usage"] = None
+        return data
+
+    def first(self) -> bytes:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def last(self, finish_reason: str) -> bytes:
+        """The finish chunk, the usage chunk when asked for, and the end."""
+        events = [self.chunk({}, finish_reason)]
+        if self.usage is not None:
+            final = self._data({}, None)
+            final["choices"], final["usage"] = [], self.usage
+            events.append(_sse(final))
+        events.append(b"data: [DONE]\n\n")
+        return b"".join(events)
+
+    def whole(self, pieces: list[str], finish_reason: str) -> bytes:
+        events = [self.first(), *(self.chunk({"content": piece}) for piece in pieces)]
+        return b"".join(events) + self.last(finish_reason)
+
+
 async def _stream_chunks(
     state: StubState,
     rec: Received,
     plan: Plan,
     pieces: list[str],
     finish_reason: str,
-    model: str,
-    completion_id: str,
-    created: int,
-    usage: dict[str, int] | None,
+    stream: _Stream,
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if usage is not None:
-            data["usage"] = None
-        return data
-
-    if plan.token_delay == 0 and plan.action != "drop":
-        # Every token is ready at once: one write of all the events (the client reads the same
-        # stream), not one per token, which would add the stub's per-write cost to its latency.
-        events = [_sse(chunk({"role": "assistant", "content": ""}))]
-        events += [_sse(chunk({"content": piece})) for piece in pieces]
-        rec.sent, rec.sent_tokens = "".join(pieces), len(pieces)
-        events.append(_sse(chunk({}, finish_reason)))
-        if usage is not None:
-            final = chunk({})
-            final["choices"], final["usage"] = [], usage
-            events.append(_sse(final))
-        events.append(b"data: [DONE]\n\n")
-        yield b"".join(events)
-        return
-    yield _sse(chunk({"role": "assistant", "content": ""}))
+    yield stream.first()
     for index, piece in enumerate(pieces):
         if plan.action == "drop" and index >= plan.drop_after:
             raise _DropConnection
@@ -872,17 +886,12 @@ async def _stream_chunks(
             and await state.pause(None, plan.token_delay) != ("elapsed")
         ):
             raise _DropConnection
-        yield _sse(chunk({"content": piece}))
+        yield stream.chunk({"content": piece})
         rec.sent += piece
         rec.sent_tokens += 1
     if plan.action == "drop":
         raise _DropConnection
-    yield _sse(chunk({}, finish_reason))
-    if usage is not None:
-        final = chunk({})
-        final["choices"], final["usage"] = [], usage
-        yield _sse(final)
-    yield b"data: [DONE]\n\n"
+    yield stream.last(finish_reason)
 
 
 # --- running it -------------------------------------------------------------------------------
