@@ -50,14 +50,17 @@ def _marker() -> str:
 
 def test_tokens_stream_then_the_reply(http: httpx.Client, alice: User) -> None:
     conversation = create_conversation(http, alice)
-    text = f"stream me a few words please {_marker()}"
+    marker = _marker()
+    # The model sends a token every 80 ms: each reaches the client as an event of its own.
+    text = f"stream me a few words please [[token_delay:0.08]] {marker}"
     events = _events(_stream(http, alice, conversation["id"], text))
     kinds = [e["event"] for e in events]
     assert kinds[0] == "job" and kinds[-1] == "reply", kinds
     tokens = [e for e in events if e["event"] == "token"]
     assert len(tokens) >= 5 and all(e.get("id") for e in tokens)
     reply = events[-1]["data"]
-    assert "".join(e["data"]["text"] for e in tokens) == reply["ai_response"] == f"Echo: {text}"
+    expected = f"Echo: stream me a few words please {marker}"
+    assert "".join(e["data"]["text"] for e in tokens) == reply["ai_response"] == expected
     for key in (
         "message_id",
         "ai_response",
@@ -70,9 +73,20 @@ def test_tokens_stream_then_the_reply(http: httpx.Client, alice: User) -> None:
     assert events[0]["data"]["id"] == reply["job_id"]
 
 
+def test_tokens_that_arrive_together_are_one_event(http: httpx.Client, alice: User) -> None:
+    conversation = create_conversation(http, alice)
+    text = f"all of these words arrive at once {_marker()}"
+    events = _events(_stream(http, alice, conversation["id"], text))
+    tokens = [e for e in events if e["event"] == "token"]
+    # The whole answer comes in one read: fewer events than words, with the same text.
+    assert 1 <= len(tokens) < len(f"Echo: {text}".split()), tokens
+    assert "".join(e["data"]["text"] for e in tokens) == events[-1]["data"]["ai_response"]
+
+
 def test_a_client_resumes_after_the_last_event_it_saw(http: httpx.Client, alice: User) -> None:
     conversation = create_conversation(http, alice)
-    text = f"resume from the middle of this reply {_marker()}"
+    marker = _marker()
+    text = f"resume from the middle of this reply [[token_delay:0.05]] {marker}"
     first = _events(_stream(http, alice, conversation["id"], text))
     job_id = first[0]["data"]["id"]
     tokens = [e for e in first if e["event"] == "token"]
@@ -86,7 +100,9 @@ def test_a_client_resumes_after_the_last_event_it_saw(http: httpx.Client, alice:
     )
     rest = [e for e in resumed if e["event"] == "token"]
     assert [e["id"] for e in rest] == [e["id"] for e in tokens[2:]]
-    assert "".join(e["data"]["text"] for e in seen + rest) == f"Echo: {text}"
+    assert len(seen) == 2 and rest, tokens
+    expected = f"Echo: resume from the middle of this reply {marker}"
+    assert "".join(e["data"]["text"] for e in seen + rest) == expected
     assert resumed[-1]["event"] == "reply"
     assert resumed[-1]["data"]["message_id"] == first[-1]["data"]["message_id"]
 
