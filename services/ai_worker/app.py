@@ -94,7 +94,13 @@ class Resources:
                 queue=AI_QUEUE,
                 headers=tracing.task_headers(),
             ),
+            self.redis,
+            settings.redis_prefix,
         )
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(settings.redis_url, socket_timeout=5)
 
     @cached_property
     def replies(self) -> ReplyService:
@@ -102,7 +108,7 @@ class Resources:
             settings,
             self.engine,
             LLMClient(settings),
-            redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+            self.redis,
             self.batches,
         )
 

@@ -10,15 +10,21 @@ finished it), when the batch is created or resumed (the `dispatch_batch` task), 
 sweep, which is what resumes a batch after any crash: all its state is in Postgres.
 
 Concurrent top-ups of one batch serialise on its row lock; an item gets at most one job (its
-`job_id` is set in the same transaction, and a unique index on the job backs that).
+`job_id` is set in the same transaction, and a unique index on the job backs that). A finished
+job does not wait for that lock (at concurrency 16 most worker threads were queued on it): it
+leaves a note in Redis and tries the lock without waiting; whoever holds it clears the note
+before counting and looks for a new one after its commit, so a job that finished meanwhile is
+topped up by the holder's next round (`top_up_after_job`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import redis
 import structlog
 from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, RowMapping
@@ -27,6 +33,10 @@ from services.ai_worker import repository as repo
 from services.ai_worker.gate import lookahead
 
 log = structlog.get_logger(component="batches")
+
+# How long a finished job's request for a top-up stays: a holder that died before reading it
+# leaves it to the next job's end or the sweep anyway.
+NOTE_SECONDS = 60
 
 BATCH_JOBS = Counter("ai_batch_jobs_dispatched_total", "Jobs that batch regenerations started.")
 BATCHES_FINISHED = Counter(
@@ -48,17 +58,46 @@ def within_budget(
 
 
 class BatchDispatcher:
-    def __init__(self, engine: Engine, send: Callable[[int], Any]) -> None:
+    def __init__(
+        self, engine: Engine, send: Callable[[int], Any], redis_client: redis.Redis, prefix: str
+    ) -> None:
         self._engine = engine
         self._send = send
+        self._redis = redis_client
+        self._prefix = prefix
 
     def top_up(self, batch_id: int) -> list[int]:
         """Starts as many of the batch's jobs as its concurrency and budget allow (or marks it
-        finished); returns the jobs it sent."""
+        finished); returns the jobs it sent. Waits for a concurrent top-up of the batch."""
+        return self._top_up(batch_id, note=None) or []
+
+    def top_up_after_job(self, batch_id: int) -> None:
+        """The top-up after one of the batch's jobs finished: done here, or by the thread that
+        holds the batch now (which this asks to go again), without waiting for it."""
+        note = f"{self._prefix}ai:batch-top-up-wanted:{batch_id}"
+        try:
+            self._redis.set(note, "1", ex=NOTE_SECONDS)
+        except redis.RedisError:
+            self.top_up(batch_id)  # no note can be left: wait for the lock instead
+            return
+        while self._top_up(batch_id, note=note) is not None:
+            try:
+                if not self._redis.exists(note):
+                    return
+            except redis.RedisError:
+                return  # a note left meanwhile waits for the next job's end or the sweep
+
+    def _top_up(self, batch_id: int, *, note: str | None) -> list[int] | None:
+        """`top_up`; with a `note`, without waiting: None when another transaction holds the
+        batch (or it is not running), else the note is cleared before anything is counted."""
         with self._engine.begin() as conn:
-            batch = repo.lock_running_batch(conn, batch_id)
+            batch = repo.lock_running_batch(conn, batch_id, skip_locked=note is not None)
             if batch is None:
-                return []
+                return None
+            if note is not None:
+                # Left in place if Redis fails: one more round than needed.
+                with contextlib.suppress(redis.RedisError):
+                    self._redis.delete(note)
             concurrency = int(batch["concurrency"])
             cap = concurrency + lookahead(concurrency)
             deadline = int(batch["job_deadline_seconds"])

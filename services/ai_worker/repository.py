@@ -421,15 +421,18 @@ def claim_unstarted_jobs(
 # --- batch regeneration ---------------------------------------------------------------------------
 
 
-def lock_running_batch(conn: Connection, batch_id: int) -> RowMapping | None:
-    """The batch, locked until commit (one dispatcher at a time), if it is still running."""
+def lock_running_batch(
+    conn: Connection, batch_id: int, *, skip_locked: bool = False
+) -> RowMapping | None:
+    """The batch, locked until commit (one dispatcher at a time), if it is still running; with
+    `skip_locked`, None too when another transaction holds it."""
     return (
         conn.execute(
             text(
-                """
+                f"""
                 SELECT id, concurrency, max_tokens, max_cost, job_deadline_seconds
                 FROM chat.ai_batches WHERE id = :id AND status = 'running'
-                FOR UPDATE
+                FOR UPDATE{" SKIP LOCKED" if skip_locked else ""}
                 """
             ),
             {"id": batch_id},

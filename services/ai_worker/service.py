@@ -338,7 +338,7 @@ class ReplyService:
         if job["batch_id"] is not None and self.batches is not None:
             # Its slot is free: the batch's next job starts now, not at the next sweep.
             try:
-                self.batches.top_up(int(job["batch_id"]))
+                self.batches.top_up_after_job(int(job["batch_id"]))
             except SQLAlchemyError as exc:
                 log.warning(
                     "batch_top_up_failed", batch_id=job["batch_id"], error=type(exc).__name__
