@@ -380,15 +380,15 @@ _SEGMENTS = (
     ("to_job", "client -> chat's job transaction begins (gateway: JWT, rate limit, proxy; "
      "chat: auth, dependencies, connection)"),
     ("to_worker", "job transaction -> worker starts the job (chat: the job's statements, "
-     "commit, send_task on a thread; broker; worker: pick-up, pool checkout, pre-ping)"),
-    ("to_llm", "worker start -> LLM request arrives (commit, agent and history reads, prompt, "
-     "openai SDK request)"),
+     "commit, send_task on a thread; broker; worker: pick-up, pool checkout)"),
+    ("to_llm", "worker start -> LLM request arrives (the start statement with the agent and "
+     "history, its commit, prompt, openai SDK request)"),
     ("llm", "stand-in LLM from request to its last byte sent (HTTP handling, validation, "
      "recording, streaming)"),
-    ("to_store", "LLM done -> store transaction begins (SDK parsing of the answer or its "
-     "chunks, per-token work such as the job's event stream, pricing, pool checkout)"),
-    ("to_client", "store transaction -> client has the reply (the reply's writes, commit, "
-     "Redis notification; chat wakes, reads job and reply; gateway)"),
+    ("to_store", "LLM done -> store statement begins (reading the answer's chunks, per-token "
+     "work such as the job's event stream, pricing, pool checkout)"),
+    ("to_client", "store statement -> client has the reply (the reply's writes, commit, the "
+     "stream's end and the notification with the reply; chat wakes and answers; gateway)"),
 )  # fmt: skip
 
 

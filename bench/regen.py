@@ -355,11 +355,11 @@ def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
 
 _SEGMENTS = (
     ("queue", "job created -> a worker thread starts it (the top-up's commit, send_task, the "
-     "broker, pick-up, the start transaction)"),
-    ("to_llm", "start -> the LLM request arrives (agent and history reads, prompt, the wait "
-               "for one of the batch's model-call slots, openai SDK)"),
+     "broker, pick-up, the start statement)"),
+    ("to_llm", "start -> the LLM request arrives (the start statement's commit, prompt, the "
+               "wait for one of the batch's model-call slots, openai SDK)"),
     ("llm", "stand-in LLM from request to its last byte (the configured latency, streaming)"),
-    ("to_store", "LLM done -> the store transaction begins (SDK parsing of the chunks, per-token "
+    ("to_store", "LLM done -> the store statement begins (reading the chunks, per-token "
      "Redis events, pricing)"),
 )  # fmt: skip
 
@@ -510,7 +510,8 @@ def _check(entry: dict[str, Any], expected: int) -> list[str]:
     # open requests never above C. Jobs running (started_at -> finished_at) include those kept
     # ready at the gate: never above C + lookahead. The queued-or-running figure is not
     # checked: a job's created_at is its top-up transaction's start, which may precede that
-    # transaction's wait for the batch's lock, and so the finishes it saw.
+    # transaction's wait for the batch's lock (the dispatch task and the sweep wait for it),
+    # and so the finishes it saw.
     concurrency = entry["concurrency"]
     calls = entry["stub_max_in_flight"]
     if calls is None or calls > concurrency:

@@ -13,8 +13,9 @@ SECTION = "Batch regeneration throughput (issue 3, target (b))"
 FINDINGS = "### Findings"
 _CPU_SHOWN = 0.005
 REST = (
-    "store transaction begins -> the slot's next job is created (the reply's writes, commit, "
-    "announce, the top-up with its wait for the batch's lock), plus the batch's start and "
+    "store statement begins -> the slot's next job is created (the reply's writes, commit, "
+    "announce, the top-up, done by this job's thread or by the one holding the batch), plus "
+    "the batch's start and "
     "tail: the slot cycle minus the segments above (negative since jobs wait ready at the gate: "
     "a job's queue and prompt overlap the model calls of the jobs before it)"
 )
