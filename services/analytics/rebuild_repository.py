@@ -7,7 +7,8 @@ hold now:
 
 - a message counts in its 15-minute bucket of `created_at`; an agent message is attributed to
   its AI job's agent as the worker stored it (`ai_usage.agent_id`, else the job's), and an agent
-  message posted by hand (no job) to the conversation's agent;
+  message posted by hand (no job) to the agent it was posted for (`messages.agent_id`, else,
+  for messages older than that column, the conversation's agent);
 - a completed job counts with its processing time in whole microseconds (`round(seconds *
   1e6)`), under its reply's agent; a failed job under the job's agent;
 - a conversation counts on its creation's bucket and for its current agent.
@@ -40,7 +41,7 @@ _EXPECTED: tuple[tuple[str, str], ...] = (
         SELECT m.conversation_id, {_BUCKET.format(column="m.created_at")} AS bucket,
                CASE WHEN m.sender <> 'agent' THEN 0
                     WHEN m.ai_job_id IS NOT NULL THEN COALESCE(u.agent_id, j.agent_id, 0)
-                    ELSE COALESCE(c.agent_id, 0) END AS agent_id,
+                    ELSE COALESCE(m.agent_id, c.agent_id, 0) END AS agent_id,
                count(*)::int AS messages,
                (count(*) FILTER (WHERE m.sender = 'agent'))::int AS agent_messages
         FROM chat.messages m

@@ -380,12 +380,17 @@ async def insert_message(
     content_type: str,
     message_type: str,
     at: datetime,
+    agent_id: int | None = None,
 ) -> Record:
+    """`agent_id`: for an agent message posted by hand, the agent it is attributed to (the
+    conversation's now, as its event says), kept so its deletion and analytics' rebuild name
+    the same agent later."""
     row = await conn.fetchrow(
         f"""
         INSERT INTO chat.messages
-            (conversation_id, content, sender, content_type, message_type, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $6)
+            (conversation_id, content, sender, content_type, message_type, created_at, updated_at,
+             agent_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
         RETURNING {_MESSAGE_COLUMNS}
         """,
         conversation_id,
@@ -394,6 +399,7 @@ async def insert_message(
         content_type,
         message_type,
         at,
+        agent_id,
     )
     assert row is not None
     return row
@@ -420,7 +426,8 @@ async def delete_message(
     if counted is None:
         return None
     # The agent a deleted agent message counted for, as analytics attributed it: its job's (as
-    # the worker stored the usage), else the conversation's.
+    # the worker stored the usage), else the one it was posted for, else (posted before chat
+    # migration 0010 kept that) the conversation's.
     gone = await conn.fetchrow(
         """
         DELETE FROM chat.messages m WHERE m.id = $1 AND m.conversation_id = $2
@@ -429,7 +436,7 @@ async def delete_message(
                        WHEN m.ai_job_id IS NOT NULL THEN (
                            SELECT COALESCE(u.agent_id, j.agent_id) FROM chat.ai_jobs j
                            LEFT JOIN chat.ai_usage u ON u.job_id = j.id WHERE j.id = m.ai_job_id)
-                       ELSE $3::integer END AS agent_id
+                       ELSE COALESCE(m.agent_id, $3::integer) END AS agent_id
         """,
         message_id,
         conversation_id,

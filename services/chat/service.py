@@ -301,6 +301,7 @@ class MessageService:
             content_type=body.content_type,
             message_type=body.message_type,
             at=counted["last_message_at"],
+            agent_id=counted["agent_id"] if body.sender_type == "agent" else None,
         )
         await repo.record_session_activity(
             conn, conversation_id=conversation_id, at=row["created_at"], idle_gap=session_idle

@@ -147,9 +147,9 @@ def local_days(first: date, last: date) -> list[date]:
 
 
 # An agent message's agent: the one that answered its AI job (as the worker recorded it), else
-# the conversation's.
+# the one it was posted for by hand, else the conversation's.
 _AGENT_MESSAGES = """
-    SELECT COALESCE(u.agent_id, j.agent_id, c.agent_id) AS agent_id,
+    SELECT COALESCE(u.agent_id, j.agent_id, m.agent_id, c.agent_id) AS agent_id,
            (m.created_at AT TIME ZONE %(tz)s)::date AS day
     FROM chat.messages m
     JOIN chat.conversations c ON c.id = m.conversation_id

@@ -22,7 +22,12 @@ from tests.analytics.support import (
     wait_consistent,
     wait_for,
 )
-from tests.chat.factories import add_message, create_conversation
+from tests.chat.factories import (
+    add_message,
+    create_agent,
+    create_conversation,
+    update_conversation,
+)
 from tests.harness import Stack, User
 
 # A workload, then waiting (with deadlines) for the aggregators: longer than the default.
@@ -133,3 +138,37 @@ def test_a_duplicated_event_counts_once(
     wait_consistent(stack)
     data = dashboard(http, user)
     assert (data["total_conversations"], data["total_messages"]) == (1, 4), data
+
+
+def _agent_messages(db: psycopg.Connection, conversation_id: int) -> dict[int, int]:
+    rows = db.execute(
+        """
+        SELECT agent_id, sum(agent_messages)::int FROM analytics.conversation_buckets
+        WHERE conversation_id = %s GROUP BY agent_id
+        """,
+        (conversation_id,),
+    ).fetchall()
+    return {int(agent): int(count) for agent, count in rows if count}
+
+
+def test_an_agent_message_posted_by_hand_keeps_its_agent_when_the_conversation_changes_agents(
+    stack: Stack, http: httpx.Client, db: psycopg.Connection, admin: User
+) -> None:
+    first, second = create_agent(http, admin)["id"], create_agent(http, admin)["id"]
+    conversation = create_conversation(http, admin, agent_id=first)
+    cid = conversation["id"]
+    posted = add_message(http, admin, cid, content="written by hand", sender_type="agent")
+    update_conversation(http, admin, cid, agent_id=second)
+
+    # Counted for the agent it was posted for, live and by the rebuild from the chat tables
+    # (which used to name the conversation's agent now, and so never agreed).
+    wait_consistent(stack)
+    assert _agent_messages(db, cid) == {first: 1}
+
+    # Its deletion takes it off that agent, not the conversation's new one.
+    ok = http.delete(
+        f"/chat/conversations/{cid}/messages/{posted['message_id']}", headers=admin.headers
+    )
+    assert ok.status_code == 200, ok.text
+    wait_for(lambda: _agent_messages(db, cid) == {}, "the deletion applied")
+    wait_consistent(stack)

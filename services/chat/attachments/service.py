@@ -113,6 +113,7 @@ class AttachmentService:
             content_type="text",
             message_type="file" if upload.files else "text",
             at=counted["last_message_at"],
+            agent_id=counted["agent_id"] if sender == "agent" else None,
         )
         await chat_repo.record_session_activity(
             conn, conversation_id=conversation_id, at=row["created_at"], idle_gap=session_idle

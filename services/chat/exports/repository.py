@@ -91,16 +91,22 @@ async def insert_conversation(conn: Conn, *, user_id: int, fields: dict[str, Any
 
 
 async def insert_messages(
-    conn: Conn, *, conversation_id: int, messages: Sequence[dict[str, Any]]
+    conn: Conn,
+    *,
+    conversation_id: int,
+    agent_id: int | None,
+    messages: Sequence[dict[str, Any]],
 ) -> list[Record]:
-    """A batch of messages in one statement, in the order given (ids follow it)."""
+    """A batch of messages in one statement, in the order given (ids follow it). Agent messages
+    are attributed to `agent_id` (the conversation's), as their events say."""
     rows = await conn.fetch(
         """
         INSERT INTO chat.messages
             (conversation_id, content, content_type, sender, message_type, status, tokens_used,
-             processing_time, created_at, updated_at)
+             processing_time, created_at, updated_at, agent_id)
         SELECT $1, m.content, m.content_type, m.sender, m.message_type, m.status, m.tokens_used,
-               m.processing_time, m.created_at, m.updated_at
+               m.processing_time, m.created_at, m.updated_at,
+               CASE WHEN m.sender = 'agent' THEN $11::integer END
         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
                     $8::real[], $9::timestamptz[], $10::timestamptz[])
              WITH ORDINALITY
@@ -124,6 +130,7 @@ async def insert_messages(
                 "updated_at",
             )
         ),
+        agent_id,
     )
     return sorted(rows, key=lambda row: row["id"])
 

@@ -393,6 +393,7 @@ class _Importer:
         rows = await repo.insert_messages(
             self.conn,
             conversation_id=conversation_id,
+            agent_id=agent_id,
             messages=[m.model_dump(exclude={"attachments"}) for m in self._pending],
         )
         await repo.add_events(
