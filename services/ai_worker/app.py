@@ -50,8 +50,9 @@ def ping_when_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> N
     or failed-over Postgres, a firewall's idle cut), instead of before every use as
     `pool_pre_ping` does: that ping is a round trip per statement of a busy worker's hot path.
     A connection that fails its ping is replaced (SQLAlchemy retries the checkout); one that
-    breaks between uses fails its statement, the pool is invalidated, and the job is redelivered
-    or swept (see the sweeper)."""
+    breaks between uses fails its statement and the pool is invalidated; the job's own statements
+    are tried once more on a new connection then (ReplyService), others fail their task or sweep
+    once."""
 
     @event.listens_for(engine, "checkin")
     def _stamp(_: Any, record: Any) -> None:
@@ -78,6 +79,8 @@ class Resources:
             sqlalchemy_url(settings.database_url),
             pool_size=settings.concurrency,
             max_overflow=overflow,
+            # Named in pg_stat_activity, as the services' pools are.
+            connect_args={"application_name": "ai-worker"},
         )
         ping_when_idle(engine)
         watch_sqlalchemy_pool(engine, "ai_worker", max_connections=settings.concurrency + overflow)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from services.ai_worker import repository as repo
 from services.ai_worker.batches import BatchDispatcher
@@ -25,6 +25,7 @@ from shared.jobs import JobDone, job_cancel_key
 log = structlog.get_logger(component="reply")
 
 Job = Mapping[str, Any]  # a job's row as a delivery started it (repository.start_job)
+T = TypeVar("T")
 
 JOBS = Counter("ai_jobs_total", "AI jobs finished, by outcome.", ["outcome"])
 JOBS_IN_FLIGHT = Gauge("ai_jobs_in_flight", "AI jobs being generated right now.")
@@ -174,14 +175,15 @@ class ReplyService:
     def generate(self, job_id: int) -> str:
         """Runs one delivery of the job; returns its outcome. Safe to run any number of times:
         a final job is left alone and a stored reply is never stored again."""
-        with self.statements.connect() as conn:
-            started = repo.start_job(
+        started = self._statement(
+            lambda conn: repo.start_job(
                 conn,
                 job_id,
                 history_limit=100,
                 # About four characters a token: more text could never fit the budget.
                 max_text_chars=4 * self.settings.context_budget_tokens + 4,
             )
+        )
         if started is None:
             # A duplicate or late delivery of a job that is already final.
             log.info("delivery_skipped", job_id=job_id)
@@ -261,8 +263,8 @@ class ReplyService:
         cost = price(agent, completion)
         elapsed = time.perf_counter() - started
         status = "incomplete" if completion.cancelled else "completed"
-        with self.statements.connect() as conn:
-            stored = repo.store_reply(
+        stored = self._statement(
+            lambda conn: repo.store_reply(
                 conn,
                 job=job,
                 agent_id=agent["id"],
@@ -276,6 +278,7 @@ class ReplyService:
                 session_idle=self.settings.session_idle,
                 status=status,
             )
+        )
         if stored is None:
             return self._finished(job, "duplicate")
         agent_label = str(agent["id"])
@@ -309,6 +312,21 @@ class ReplyService:
             "reply_created_at": stored.created_at.astimezone(UTC).isoformat(),
         }
         return self._finished(job, status, reply)
+
+    def _statement(self, work: Callable[[Connection], T]) -> T:
+        """Runs one of the job's statements (each atomic alone), once more on a new connection
+        if the pooled one turns out to be dead (Postgres restarted or failed over since its last
+        use: connections are pinged only after sitting idle). A retried start counts one more
+        attempt if the first did commit; a retried store finds the reply stored and stops."""
+        try:
+            with self.statements.connect() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("db_connection_lost", error=type(exc.orig).__name__)
+        with self.statements.connect() as conn:
+            return work(conn)
 
     def _still_wanted(self, job: Job, watch: CancelWatch) -> bool:
         """A waiting batch job is dropped when its batch stops or it is cancelled itself."""
