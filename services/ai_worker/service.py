@@ -27,6 +27,9 @@ log = structlog.get_logger(component="reply")
 Job = Mapping[str, Any]  # a job's row as a delivery started it (repository.start_job)
 T = TypeVar("T")
 
+# The longest reply a job-done announcement carries (longer ones are read from Postgres).
+ANNOUNCED_REPLY_MAX_CHARS = 16_000
+
 JOBS = Counter("ai_jobs_total", "AI jobs finished, by outcome.", ["outcome"])
 JOBS_IN_FLIGHT = Gauge("ai_jobs_in_flight", "AI jobs being generated right now.")
 QUEUE_WAIT = Histogram(
@@ -297,8 +300,9 @@ class ReplyService:
             seconds=round(elapsed, 3),
             attempts=completion.attempts,
         )
-        # The reply's row as chat reads it, so the waiting request answers without a read.
-        reply = {
+        # The reply's row as chat reads it, so the waiting request answers without a read (a
+        # long one is read: the announcement goes to every chat process).
+        reply: dict[str, Any] | None = {
             "status": status,
             "model": completion.model,
             "error_code": None,
@@ -311,6 +315,8 @@ class ReplyService:
             "reply_content": completion.text,
             "reply_created_at": stored.created_at.astimezone(UTC).isoformat(),
         }
+        if len(completion.text) > ANNOUNCED_REPLY_MAX_CHARS:
+            reply = None
         return self._finished(job, status, reply)
 
     def _statement(self, work: Callable[[Connection], T]) -> T:

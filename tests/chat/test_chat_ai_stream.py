@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.chat.factories import create_conversation
 from tests.chat.helpers import assert_error
@@ -132,3 +133,32 @@ def test_another_users_job_events_are_404(http: httpx.Client, alice: User, bob: 
     events = _events(_stream(http, alice, conversation["id"], f"private {_marker()}"))
     job_id = events[0]["data"]["id"]
     assert_error(http.get(f"/chat/jobs/{job_id}/events", headers=bob.headers), 404, "not_found")
+
+
+def _reply_from_the_job_row(http: httpx.Client, user: User, job_id: int) -> dict[str, Any]:
+    """The job's reply as chat reads it from Postgres: the last event of its stream."""
+    events = _events(
+        http.get(f"/chat/jobs/{job_id}/events", headers=user.headers, timeout=AI_TIMEOUT)
+    )
+    assert events[-1]["event"] == "reply", events
+    reply: dict[str, Any] = events[-1]["data"]
+    return reply
+
+
+@pytest.mark.parametrize("words", [8, 3_000])
+def test_the_answer_from_the_workers_announcement_equals_the_stored_reply(
+    http: httpx.Client, alice: User, words: int
+) -> None:
+    # A short reply comes back in the job-done announcement; a long one (over 16,000
+    # characters) is read from Postgres. Either way the caller gets the same fields and values.
+    conversation = create_conversation(http, alice)
+    text = " ".join(f"w{i}" for i in range(words))
+    response = http.post(
+        f"/chat/conversations/{conversation['id']}/ai-response",
+        json={"message": f"{text} {_marker()}"},
+        headers=alice.headers,
+        timeout=AI_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    answered = response.json()["data"]
+    assert answered == _reply_from_the_job_row(http, alice, answered["job_id"])
