@@ -16,19 +16,23 @@ from tests.harness import Stack, User
 AI_TIMEOUT = 60.0
 
 
-def test_used_up_daily_tokens_are_429_until_midnight(
-    http: httpx.Client, alice: User, db: psycopg.Connection
-) -> None:
-    conversation = create_conversation(http, alice)
-    # A day's worth of usage (the default limit is 1,000,000 tokens).
+def _use_up_the_day(db: psycopg.Connection, user: User) -> None:
+    """A day's worth of usage for the user (the default limit is 1,000,000 tokens)."""
     db.execute(
         """
         INSERT INTO chat.ai_usage (job_id, user_id, model, input_tokens, output_tokens, cost,
                                    latency_seconds)
         VALUES (%s, %s, 'm', 600000, 400000, 0, 1)
         """,
-        (-secrets.randbelow(2**40) - 1, alice.id),
+        (-secrets.randbelow(2**40) - 1, user.id),
     )
+
+
+def test_used_up_daily_tokens_are_429_until_midnight(
+    http: httpx.Client, alice: User, db: psycopg.Connection
+) -> None:
+    conversation = create_conversation(http, alice)
+    _use_up_the_day(db, alice)
     response = http.post(
         f"/chat/conversations/{conversation['id']}/ai-response",
         json={"message": "one more please"},
@@ -96,14 +100,7 @@ def test_refusals_keep_their_order(
     order of separate checks: someone else's conversation (404), then the quota (429), then the
     agent (422)."""
     conversation = create_conversation(http, alice)
-    db.execute(
-        """
-        INSERT INTO chat.ai_usage (job_id, user_id, model, input_tokens, output_tokens, cost,
-                                   latency_seconds)
-        VALUES (%s, %s, 'm', 600000, 400000, 0, 1)
-        """,
-        (-secrets.randbelow(2**40) - 1, alice.id),
-    )
+    _use_up_the_day(db, alice)
     path = f"/chat/conversations/{conversation['id']}/ai-response"
     unknown_agent = {"message": "who answers?", "agent_id": 1_999_999_999}
     assert_error(http.post(path, json=unknown_agent, headers=bob.headers), 404, "not_found")
