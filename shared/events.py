@@ -203,6 +203,18 @@ def event_trace_json() -> str | None:
     return orjson.dumps(trace).decode() if trace is not None else None
 
 
+def iso_utc(column: str) -> str:
+    """SQL for a timestamptz as the text pydantic writes for it (`validate_data`'s JSON mode),
+    so an event built in SQL stores exactly what one built in Python would: ISO 8601 in UTC with a
+    `Z`, microseconds only when there are any."""
+    return f"""(
+        to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN date_trunc('second', {column}) = {column} THEN ''
+                ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END
+        || 'Z'
+    )"""
+
+
 def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """What a writer stores in the outbox: `data` checked against its type (raises on a bug)."""
     return EVENT_TYPES[event_type].model_validate(data).model_dump(mode="json")

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, RowMapping, text
 
-from shared.events import event_trace_json, validate_data
+from shared.events import event_trace_json, iso_utc, validate_data
 
 
 def add_events(conn: Connection, user_id: int, *events: tuple[str, dict[str, Any]]) -> None:
@@ -226,7 +226,7 @@ def _event_json(event_type: str, data: dict[str, Any]) -> str:
 # 0006 (the chat service's rule). The earlier reply (when this one regenerates it) stays in the
 # history, marked as replaced. Events: in the outbox's order, `message.created` first.
 _STORE_REPLY = text(
-    """
+    f"""
     WITH conversation AS (
         SELECT id FROM chat.conversations WHERE id = :cid FOR UPDATE
     ), job AS (
@@ -272,10 +272,8 @@ _STORE_REPLY = text(
         SELECT e.type, :uid,
                e.data || jsonb_build_object('message_id', message.id)
                       || CASE WHEN e.type = 'message.created' THEN jsonb_build_object(
-                             -- As pydantic writes a UTC time (shared/events.py).
-                             'created_at', to_char(message.created_at AT TIME ZONE 'UTC',
-                                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-                         ELSE '{}' END,
+                             'created_at', {iso_utc("message.created_at")})
+                         ELSE '{{}}' END,
                CAST(:trace AS jsonb)
         FROM message,
              (VALUES (1, 'message.created', CAST(:created_event AS jsonb)),

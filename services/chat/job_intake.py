@@ -29,7 +29,7 @@ import asyncpg
 
 from services.chat.repository import JOB_COLUMNS
 from shared.db.pool import Conn
-from shared.events import event_trace_json
+from shared.events import event_trace_json, iso_utc
 
 Record = asyncpg.Record
 
@@ -113,18 +113,6 @@ def _chosen_agent(wanted: str) -> str:
          WHERE {wanted} IS NULL AND is_default AND is_active LIMIT 1)
     )
     """
-
-
-def iso_utc(column: str) -> str:
-    """A timestamptz as the text pydantic writes for it (`validate_data`'s JSON mode), so an
-    event built in SQL stores exactly what one built in Python would: ISO 8601 in UTC with a
-    `Z`, microseconds only when there are any."""
-    return f"""(
-        to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-        || CASE WHEN date_trunc('second', {column}) = {column} THEN ''
-                ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END
-        || 'Z'
-    )"""
 
 
 _STORE_PROMPT_AND_JOB = f"""

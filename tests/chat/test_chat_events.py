@@ -14,8 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from services.chat.job_intake import iso_utc
-from shared.events import EVENT_STREAM, InvalidEvent, parse_event, validate_data
+from shared.events import EVENT_STREAM, InvalidEvent, iso_utc, parse_event, validate_data
 from tests.chat.factories import add_message, create_conversation
 from tests.chat.helpers import ok_data
 from tests.harness import Stack, User
@@ -162,6 +161,75 @@ def test_an_ai_requests_message_event_is_the_one_a_post_writes(
     }
     assert [data for data, _ in stored] == [validate_data("message.created", expected)]
     assert stored[0][1]["request_id"]
+
+
+def test_an_ai_replys_events_are_the_ones_python_would_write(
+    http: httpx.Client, alice: User, db: psycopg.Connection
+) -> None:
+    """The worker stores its reply's two events in the reply's statement, with the message's id
+    and time set in SQL (services/ai_worker/repository.py): the data must be what
+    `validate_data` makes of the stored rows."""
+    conversation = create_conversation(http, alice)
+    reply = ok_data(
+        http.post(
+            f"/chat/conversations/{conversation['id']}/ai-response",
+            json={"message": "two events, please"},
+            headers=alice.headers,
+            timeout=60.0,
+        )
+    )
+    row = db.execute(
+        """
+        SELECT m.created_at, j.agent_id, j.model, j.input_tokens, j.output_tokens, j.cost,
+               j.processing_time, j.time_to_first_token
+        FROM chat.messages m JOIN chat.ai_jobs j ON j.id = m.ai_job_id WHERE m.id = %s
+        """,
+        (reply["message_id"],),
+    ).fetchone()
+    assert row is not None
+    created_at, agent_id, model, input_tokens, output_tokens, cost, ptime, ttft = row
+    stored = db.execute(
+        """
+        SELECT type, data FROM chat.outbox
+        WHERE user_id = %s AND (data->>'message_id')::int = %s ORDER BY id
+        """,
+        (alice.id, reply["message_id"]),
+    ).fetchall()
+    assert stored == [
+        (
+            "message.created",
+            validate_data(
+                "message.created",
+                {
+                    "conversation_id": conversation["id"],
+                    "message_id": reply["message_id"],
+                    "sender": "agent",
+                    "agent_id": agent_id,
+                    "created_at": created_at,
+                },
+            ),
+        ),
+        (
+            "ai.reply.completed",
+            validate_data(
+                "ai.reply.completed",
+                {
+                    "job_id": reply["job_id"],
+                    "conversation_id": conversation["id"],
+                    "agent_id": agent_id,
+                    "model": model,
+                    "status": "completed",
+                    "message_id": reply["message_id"],
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cost": cost,
+                    "processing_time": ptime,
+                    "time_to_first_token": ttft,
+                    "batch_id": None,
+                },
+            ),
+        ),
+    ]
 
 
 @pytest.mark.parametrize("microseconds", [0, 1, 120_000, 999_999])
