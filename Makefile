@@ -45,10 +45,14 @@ $(PROMTOOL) $(PROMETHEUS) &: deploy/tools/install-promtool.sh | $(STAMP)
 # `make install` / `make test` (CI) from ever compiling it. CPU only, no BLAS/GPU backends,
 # no multimodal (llava/mtmd) library, no llama.cpp tools/examples/tests.
 LLM_STAMP := $(VENV)/.llm-stamp
+# Not tuned to the building CPU (GGML_NATIVE=OFF), AVX2 at most on x86-64: the native build
+# crashed on its first request (a general protection fault in libggml-cpu) on a Xeon with
+# AVX-512 FP16, and a wheel pip cached stays valid on another CPU.
 LLM_CMAKE_ARGS ?= -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
 	-DGGML_HIP=OFF -DGGML_OPENCL=OFF -DGGML_RPC=OFF -DLLAVA_BUILD=OFF \
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-	-DLLAMA_BUILD_SERVER=OFF
+	-DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON
 LLM_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install-llm

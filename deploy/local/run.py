@@ -26,7 +26,6 @@ from deploy.local.servers import ServerUnavailable, ensure_postgres, ensure_redi
 from deploy.local.stack import (
     ROOT,
     SERVICES,
-    RunningService,
     assign_ports,
     run_migrations,
     start_services,
@@ -115,13 +114,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _supervise(services: list[RunningService], exited: threading.Event) -> int:
-    """Wait until Ctrl-C (returns 0) or until a service dies on its own (returns 1)."""
+def _supervise(processes: list[ManagedProcess], exited: threading.Event) -> int:
+    """Wait until Ctrl-C (returns 0) or until a service, or the embedded LLM, dies on its own
+    (returns 1: a system without one of them would only fail its requests)."""
     while True:
         exited.wait(timeout=1.0)
-        for service in services:
-            if service.process.returncode is not None:
-                echo_line(_NAME, str(service.process.failure("stopped unexpectedly")))
+        for process in processes:
+            if process.returncode is not None:
+                echo_line(_NAME, str(process.failure("stopped unexpectedly")))
                 return 1
 
 
@@ -169,8 +169,10 @@ def _run(args: argparse.Namespace, cleanup: ExitStack) -> int:
         return 0
 
     _check_ports_free(env)
+    watched: list[ManagedProcess] = []
     if not env.get("LLM_BASE_URL"):
         llm = start_llm(workdir)
+        watched.append(llm.process)
         cleanup.callback(llm.stop)
         env.update(llm.env())
         # Its context window is 2,048 tokens: history is cut to fit beside a reply.
@@ -203,7 +205,7 @@ def _run(args: argparse.Namespace, cleanup: ExitStack) -> int:
     ]
     for line in lines:
         say(line)
-    return _supervise(services, exited)
+    return _supervise([*watched, *(service.process for service in services)], exited)
 
 
 def main(argv: list[str] | None = None) -> int:
