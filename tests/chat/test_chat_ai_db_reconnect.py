@@ -62,6 +62,10 @@ def test_a_job_started_on_a_cut_connection_is_answered_by_its_first_delivery(
 def test_a_reply_whose_connection_was_cut_during_the_model_call_is_stored(
     stack: Stack, http: httpx.Client, alice: User, db: psycopg.Connection
 ) -> None:
+    """The outcome only: in the test stack the sweeper (every 0.5 s, same pool) usually meets
+    a cut connection first, and its failure invalidates the whole pool, so the store gets a
+    new connection with or without the job's own retry. The test above is the one that needs
+    that retry."""
     assert stack.llm is not None
     conversation = create_conversation(http, alice)
     ok_data(_ask(http, alice, conversation["id"], "warm the worker's pool"))
