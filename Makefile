@@ -24,8 +24,9 @@ help:
 	@echo "make test      lint, then run the test suite"
 	@echo "make lint      ruff and mypy"
 	@echo "make migrate   create the database if needed and migrate it (DATABASE_URL)"
-	@echo "make bench     run the benchmarks: the gateway path, the AI reply pipeline, batch"
-	@echo "               regeneration, export (python -m bench [ai|regen|export]; docs/benchmarks.md)"
+	@echo "make bench     run the benchmarks: the gateway path, the AI reply pipeline and its floor,"
+	@echo "               batch regeneration, export, analytics (python -m bench [ai|floor|regen|...];"
+	@echo "               docs/benchmarks.md)"
 	@echo "make clean     remove run state and caches (distclean: the virtualenv too)"
 
 install: $(STAMP) $(PROMTOOL) $(PROMETHEUS)
@@ -83,6 +84,7 @@ migrate: install
 bench: install
 	$(BIN)/python -m bench; status=$$?; \
 	$(BIN)/python -m bench ai || status=$$?; \
+	$(BIN)/python -m bench floor || status=$$?; \
 	$(BIN)/python -m bench regen || status=$$?; \
 	$(BIN)/python -m bench export || status=$$?; \
 	$(BIN)/python -m bench analytics || status=$$?; \

@@ -10,6 +10,8 @@ the bare app, loads each path with wrk (rotating through every user), prints a t
 
     python -m bench ai [...]    the AI reply pipeline's own overhead (issue 3, target (a)):
                                 see bench/ai.py
+    python -m bench floor [...] issue 3's hops with nothing of the platform in them, next to the
+                                same bare Celery round trip: see bench/floor.py
     python -m bench regen [...] batch regeneration's throughput against the limit its
                                 concurrency sets (issue 3, target (b)): see bench/regen.py
     python -m bench export [...] exporting 10,000 messages in memory that does not grow with
@@ -505,6 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import ai
 
         return ai.main(argv[1:])
+    if argv[:1] == ["floor"]:
+        from bench import floor
+
+        return floor.main(argv[1:])
     if argv[:1] == ["regen"]:
         from bench import regen
 

@@ -70,6 +70,9 @@ _PHASE_PROCESSES = {
     "baseline": frozenset({"celery_noop", "redis"}),
     "sequential": frozenset({"gateway", "chat", "ai_worker", "stub", "postgres", "redis"}),
     "concurrent": frozenset({"gateway", "chat", "ai_worker", "stub", "postgres", "redis"}),
+    # `python -m bench floor`'s phases (bench/floor.py)
+    "floor": frozenset({"front", "back", "floor_worker", "stub", "redis"}),
+    "floor_db": frozenset({"front", "back", "floor_worker", "stub", "postgres", "redis"}),
 }
 PHASES = ("baseline", "sequential", "concurrent")
 # Environment prefixes that would override the services' production defaults.
