@@ -73,6 +73,7 @@ _PHASE_PROCESSES = {
     # `python -m bench floor`'s phases (bench/floor.py)
     "floor": frozenset({"front", "back", "floor_worker", "stub", "redis"}),
     "floor_db": frozenset({"front", "back", "floor_worker", "stub", "postgres", "redis"}),
+    "floor_db_tx": frozenset({"front", "back", "floor_worker", "stub", "postgres", "redis"}),
 }
 PHASES = ("baseline", "sequential", "concurrent")
 # Environment prefixes that would override the services' production defaults.

@@ -7,7 +7,9 @@ run, one client sends sequential requests through `bench/floor_apps.py`: front -
 Celery task on Redis -> a threads-pool worker calling the stand-in LLM through the `openai` SDK ->
 a Redis notification -> back -> front. Phase *floor*: those hops alone; phase *floor + db*: with
 the job inserted by the back and the reply by the worker (one autocommit statement each), the
-least the issue's "written back to Postgres" takes. The ratio of each p50 to the bare round
+least the issue's "written back to Postgres" takes; phase *floor + db in a transaction*: the
+job's insert after a read in a transaction, three round trips more (BEGIN, the read, COMMIT), to
+show what one round trip on the path costs. The ratio of each p50 to the bare round
 trip's is the part of `bench ai`'s ratio that no tuning of the platform's own code can remove.
 Prints a table and writes `bench/results/<run>-floor.json`; it does not touch the docs.
 """
@@ -47,7 +49,8 @@ from bench.floor_apps import SCHEMA
 from bench.infra import Servers, connect_servers
 from bench.procs import Children, free_port, http_post
 
-PHASES = ("baseline", "floor", "floor_db")
+PHASES = ("baseline", "floor", "floor_db", "floor_db_tx")
+DB_MODE: dict[str, bool | str] = {"floor": False, "floor_db": True, "floor_db_tx": "transaction"}
 UVICORN = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
 
 
@@ -67,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def requests(db: bool, label: str) -> Iterator[Post]:
+def requests(db: bool | str, label: str) -> Iterator[Post]:
     for index in itertools.count():
         message = f"{QUESTION} ({label} #{index})"
         yield Post(
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         lambda: celery_round_trips(noop_task, args.requests),
                     )  # fmt: skip
                 else:
-                    stream = requests(phase == "floor_db", f"r{index + 1}-{phase}")
+                    stream = requests(DB_MODE[phase], f"r{index + 1}-{phase}")
                     if args.warmup:
                         post_load(urls["front"], stream, concurrency=1, count=args.warmup)
                     entry = measure(
@@ -198,9 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "commit": commit(),
             "phases": best,
             "rounds": rounds,
-            "ratios": {
-                phase: round(best[phase]["p50_ms"] / base, 2) for phase in ("floor", "floor_db")
-            },
+            "ratios": {phase: round(best[phase]["p50_ms"] / base, 2) for phase in PHASES[1:]},
             "rows": {"jobs": jobs, "replies": replies},
             "problems": problems,
         }

@@ -9,7 +9,8 @@ costs next to a bare Celery round trip:
 - `front` (the gateway's place): FastAPI on uvicorn (uvloop, httptools), no authentication, no
   rate limit, no logging or metrics; passes the body on with one pooled aiohttp session.
 - `back` (chat's place): FastAPI; with `"db": true`, one `INSERT ... RETURNING` of the job
-  (autocommit, asyncpg); publishes the task on the event loop (no thread), then waits for the
+  (autocommit, asyncpg; with `"db": "transaction"`, in a transaction after a read: three round
+  trips more); publishes the task on the event loop (no thread), then waits for the
   worker's Redis notification through one shared pattern subscription.
 - `celery_app` (the worker's place): a threads-pool Celery worker, acks late, no result backend;
   its task calls the stand-in LLM through the SDK (no stream, read as plain JSON), with
@@ -179,7 +180,14 @@ async def back_ai(request: Request) -> Response:
     body = orjson.loads(await request.body())
     message = str(body["message"])
     job_id = None
-    if body.get("db"):
+    if body.get("db") == "transaction":
+        # Three round trips more (BEGIN, a read, COMMIT): what a round trip costs on the path.
+        async with request.app.state.pool.acquire() as conn, conn.transaction():
+            await conn.fetchval("SELECT 1 FROM floor_jobs WHERE id = $1", 1)
+            job_id = await conn.fetchval(
+                "INSERT INTO floor_jobs (message) VALUES ($1) RETURNING id", message
+            )
+    elif body.get("db"):
         job_id = await request.app.state.pool.fetchval(
             "INSERT INTO floor_jobs (message) VALUES ($1) RETURNING id", message
         )

@@ -436,6 +436,7 @@ async def generate_ai_response(
         ),
         message="AI job queued",
         status_code=202,
+        one_statement=True,
     )
     return await _enqueue_and_answer(created, user, db, request, prefer, stream)
 

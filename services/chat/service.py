@@ -506,18 +506,14 @@ class AIService:
         session_idle: timedelta,
     ) -> dict[str, Any]:
         """Stores the job (and the user's message first, unless it is already the latest one,
-        so the history stays whole); the caller commits, then enqueues. Two statements: see
-        services/chat/job_intake.py."""
-        conversation = await intake.lock_for_job(
-            conn, user_id=user.user_id, conversation_id=conversation_id
-        )
-        if conversation is None:
-            raise _conversation_not_found(conversation_id)
-        stored = await intake.store_prompt_and_job(
+        so the history stays whole). One statement, atomic alone: without an Idempotency-Key it
+        runs outside a transaction block, committed when it returns; then the caller enqueues
+        (services/chat/job_intake.py)."""
+        stored = await intake.take_ai_request(
             conn,
             conversation_id=conversation_id,
             user_id=user.user_id,
-            agent_id=body.agent_id or conversation["agent_id"],
+            agent_id=body.agent_id,
             message=body.message,
             include_context=body.include_context,
             deadline_seconds=deadline_seconds,
@@ -526,6 +522,8 @@ class AIService:
             daily_cost=quota.daily_cost,
             session_idle=session_idle,
         )
+        if stored is None:
+            raise _conversation_not_found(conversation_id)
         return _stored_job(stored, quota)
 
     async def create_regeneration(

@@ -126,21 +126,39 @@ class IdempotentWriter:
         message: str,
         status_code: int = 200,
         fingerprint: str | None = None,
+        one_statement: bool = False,
     ) -> WriteResult:
         """`fingerprint` identifies a request whose body was streamed rather than kept (an
-        upload); by default it is a hash of the method, path and body."""
+        upload); by default it is a hash of the method, path and body. `one_statement`: the
+        work is one statement, atomic alone, so without a key it runs outside a transaction
+        block (no BEGIN and COMMIT round trips); with a key it joins the key's transaction."""
         async with self.pool.acquire() as conn:
             return await self._run(
-                conn, work, message=message, status_code=status_code, fingerprint=fingerprint
+                conn,
+                work,
+                message=message,
+                status_code=status_code,
+                fingerprint=fingerprint,
+                one_statement=one_statement,
             )
 
     async def _run(
-        self, conn: Conn, work: Work, *, message: str, status_code: int, fingerprint: str | None
+        self,
+        conn: Conn,
+        work: Work,
+        *,
+        message: str,
+        status_code: int,
+        fingerprint: str | None,
+        one_statement: bool,
     ) -> WriteResult:
         user, key = self.user, self.key
         if key is None:
-            async with conn.transaction():
+            if one_statement:
                 data = await work(conn)
+            else:
+                async with conn.transaction():
+                    data = await work(conn)
             return WriteResult(data, status_code, dumps(success_body(data, message)), False)
         request = self.request
         if fingerprint is None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from tests.chat.factories import create_conversation, list_messages
 from tests.chat.helpers import assert_error
@@ -118,3 +122,53 @@ def test_refusals_keep_their_order(
     )
     assert error["message"] == "agent_id: no active agent 1999999999"
     assert list_messages(http, alice, conversation["id"])["total"] == 0
+
+
+def _take(conn: psycopg.Connection, user: User, conversation_id: int, max_jobs: int) -> Any:
+    """One call of the intake function as the chat service makes it (chat migration 0011)."""
+    cursor = conn.execute(
+        "SELECT id, refusal, active_jobs, prompt_message_id "
+        "FROM chat.take_ai_request(%s, %s, %s, 1000000, 0, 60, NULL, %s, '30 minutes', true, "
+        "NULL)",
+        (conversation_id, user.id, max_jobs, "the same question, asked twice at once"),
+    )
+    return cursor.fetchone()
+
+
+def _waiting_for_a_lock(db: psycopg.Connection, pid: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == "Lock":
+            return True
+        time.sleep(0.01)  # polling the server's view with a deadline, not a synchronisation
+    return False
+
+
+@pytest.mark.parametrize("max_jobs", [1, 5])
+def test_a_request_racing_another_sees_its_message_and_job(
+    http: httpx.Client, alice: User, stack: Stack, db: psycopg.Connection, max_jobs: int
+) -> None:
+    """The intake's second statement reads with a snapshot taken after the locks are held: a
+    request that waited for another one's locks sees what that one committed. With one job
+    allowed it is refused (the first job counts); with more it answers the same user message
+    instead of storing it a second time. Taking the locks in the statement that reads would
+    let both through, and store the message twice."""
+    conversation = create_conversation(http, alice)
+    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", stack.database_url)
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
+        taken = _take(first, alice, conversation["id"], max_jobs)  # locks held until commit
+        assert taken is not None and taken[1] is None and taken[0] is not None
+        with ThreadPoolExecutor(1) as pool:
+            racing = pool.submit(_take, second, alice, conversation["id"], max_jobs)
+            assert _waiting_for_a_lock(db, second.info.backend_pid, time.monotonic() + 10)
+            first.commit()
+            raced = racing.result(timeout=10)
+    assert raced is not None
+    if max_jobs == 1:
+        assert (raced[0], raced[1], raced[2]) == (None, "concurrent_jobs", 1)
+    else:
+        assert raced[1] is None and raced[0] != taken[0]
+        assert raced[3] == taken[3]  # the same user message, stored once
+    assert list_messages(http, alice, conversation["id"])["total"] == 1
