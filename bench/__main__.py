@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import psycopg
 import redis
 
 from bench import load, pyspy, report
-from bench.cli import run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import (
@@ -279,10 +278,7 @@ def commit() -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("")
     children = Children()
     servers: Servers | None = None
     database: str | None = None

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,7 +45,7 @@ from bench.__main__ import (
 )
 from bench.celery_noop import TASK as NOOP_TASK
 from bench.celery_noop import make_app as make_noop_app
-from bench.cli import run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import (
@@ -295,6 +294,29 @@ def celery_round_trips(task: Any, count: int) -> load.LoadResult:
 # --- the run ------------------------------------------------------------------------------
 
 
+def start_noop_worker(
+    children: Children, env: dict[str, str], redis_url: str, prefix: str, run_dir: Path
+) -> Child:
+    """The baseline's worker: `bench/celery_noop.py` with the AI worker's pool and flags."""
+    return children.start(
+        "celery_noop",
+        [sys.executable, "-m", "celery", "-A", "bench.celery_noop", "worker",
+         "--pool", "threads", "--concurrency", str(NOOP_CONCURRENCY), "--loglevel", "INFO",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        log_path=run_dir / "celery_noop.log",
+        env={**env, "BENCH_CELERY_REDIS_URL": redis_url, "BENCH_CELERY_PREFIX": prefix},
+        cwd=ROOT,
+    )  # fmt: skip
+
+
+def noop_ready(app: Any) -> Any:
+    """The no-op task, once one round trip through its worker came back right."""
+    task = app.tasks[NOOP_TASK]
+    if task.delay(-1).get(timeout=READY_SECONDS) != -1:
+        raise RuntimeError("the no-op Celery task answered something else")
+    return task
+
+
 def check_reply(gateway_url: str, post: Post) -> dict[str, Any]:
     """One request end to end (the first also waits for the worker to start consuming): the
     answer must have the seed's shape with a non-empty reply and token counts."""
@@ -484,10 +506,7 @@ def pick(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-ai"
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("ai")
     children = Children()
     servers: Servers | None = None
     database: str | None = None
@@ -513,27 +532,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         stack = start_ai_stack(children, servers, database_url, redis_prefix, run_dir)
         procs, urls, secret = dict(stack.procs), stack.urls, stack.secret
-        noop_env = {
-            **stack.env,
-            "BENCH_CELERY_REDIS_URL": servers.redis_url,
-            "BENCH_CELERY_PREFIX": noop_prefix,
-        }
-        procs["celery_noop"] = children.start(
-            "celery_noop",
-            [sys.executable, "-m", "celery", "-A", "bench.celery_noop", "worker",
-             "--pool", "threads", "--concurrency", str(NOOP_CONCURRENCY), "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            log_path=run_dir / "celery_noop.log", env=noop_env, cwd=ROOT,
-        )  # fmt: skip
+        procs["celery_noop"] = start_noop_worker(
+            children, stack.env, servers.redis_url, noop_prefix, run_dir
+        )
 
         tokens = mint_tokens(secret, user_ids)
         check_slot = posts(conversations, tokens, slots - 1, "check")
         sample_reply = check_reply(urls["gateway"], next(check_slot))
         print("bench: the pipeline answers; stub, services and both workers ready", file=sys.stderr)
         noop_app = make_noop_app(servers.redis_url, noop_prefix)
-        noop_task = noop_app.tasks[NOOP_TASK]
-        if noop_task.delay(-1).get(timeout=READY_SECONDS) != -1:
-            raise RuntimeError("the no-op Celery task answered something else")
+        noop_task = noop_ready(noop_app)
 
         meter, redis_info = open_meter(procs, servers, database_url, database)
 

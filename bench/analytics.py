@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ import redis
 from bench import analytics_report, load
 from bench.__main__ import commit, dirty, mint_tokens, service_env
 from bench.analytics_events import Plan, conversation_stream, generate
-from bench.cli import run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import ROOT, migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import Child, Children, cpu_seconds, free_port, http_get, wait_for_quiet
@@ -603,10 +602,7 @@ def dashboard_phase(run: Run, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-analytics"
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("analytics")
     servers: Servers | None = None
     database: str | None = None
     state: Run | None = None

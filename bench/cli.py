@@ -6,6 +6,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,6 +18,15 @@ from bench.dataset import ROOT
 from bench.procs import Children
 
 RESULTS = ROOT / "bench" / "results"
+
+
+def new_run(kind: str) -> tuple[str, Path]:
+    """A run's id (its UTC start time, then `-kind` when there is one) and its log folder."""
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + (f"-{kind}" if kind else "")
+    run_dir = RESULTS / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    return run_id, run_dir
 
 
 def _raise_exit(signum: int, _: FrameType | None) -> None:

@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import psycopg
 
 from bench import report
 from bench.__main__ import commit, dirty, mint_tokens, service_env
-from bench.cli import RESULTS, run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import ROOT, migrate
 from bench.infra import Servers, connect_servers
 from bench.procs import Child, Children, free_port
@@ -187,10 +186,7 @@ def comparable(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-export"
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("export")
     children = Children()
     servers: Servers | None = None
     database: str | None = None

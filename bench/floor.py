@@ -23,7 +23,6 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,16 +33,16 @@ from bench.ai import (
     NOOP_CONCURRENCY,
     QUESTION,
     READY_SECONDS,
-    RESULTS,
     Post,
     celery_round_trips,
     measure,
+    noop_ready,
     pick,
     post_load,
+    start_noop_worker,
 )
-from bench.celery_noop import TASK as NOOP_TASK
 from bench.celery_noop import make_app as make_noop_app
-from bench.cli import run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import ROOT
 from bench.floor_apps import SCHEMA
 from bench.infra import Servers, connect_servers
@@ -82,10 +81,7 @@ def requests(db: bool | str, label: str) -> Iterator[Post]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-floor"
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("floor")
     children = Children()
     servers: Servers | None = None
     database: str | None = None
@@ -110,8 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "FLOOR_DATABASE_URL": database_url,
             "FLOOR_LLM_URL": urls["stub"] + "/v1",
             "FLOOR_BACK_URL": urls["back"],
-            "BENCH_CELERY_REDIS_URL": servers.redis_url,
-            "BENCH_CELERY_PREFIX": noop_prefix,
         }
         python = sys.executable
         procs = {
@@ -128,12 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
                 log_path=run_dir / "floor_worker.log", env=env, cwd=ROOT,
             ),
-            "celery_noop": children.start(
-                "celery_noop",
-                [python, "-m", "celery", "-A", "bench.celery_noop", "worker",
-                 "--pool", "threads", "--concurrency", str(NOOP_CONCURRENCY), "--loglevel", "INFO",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                log_path=run_dir / "celery_noop.log", env=env, cwd=ROOT,
+            "celery_noop": start_noop_worker(
+                children, env, servers.redis_url, noop_prefix, run_dir
             ),
         }  # fmt: skip
         for name in ("back", "front"):
@@ -151,9 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if status != 200 or not orjson.loads(body)["data"]["ai_response"]:
                 raise RuntimeError(f"the floor pipeline answered {status}: {body[:300]!r}")
         noop_app = make_noop_app(servers.redis_url, noop_prefix)
-        noop_task = noop_app.tasks[NOOP_TASK]
-        if noop_task.delay(-1).get(timeout=READY_SECONDS) != -1:
-            raise RuntimeError("the no-op Celery task answered something else")
+        noop_task = noop_ready(noop_app)
         print("bench: floor pipeline and no-op worker ready", file=sys.stderr)
         meter, _ = open_meter(procs, servers, database_url, database)
 

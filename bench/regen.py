@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from bench.__main__ import (
     open_meter,
 )
 from bench.ai import QUESTION, idle_cpu, stub_records
-from bench.cli import RESULTS, run_scenario, tear_down
+from bench.cli import new_run, run_scenario, tear_down
 from bench.dataset import migrate, seed
 from bench.infra import Servers, connect_servers
 from bench.procs import (
@@ -548,10 +547,7 @@ def pick(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-regen"
-    run_dir = RESULTS / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: run {run_id}; logs in {run_dir}", file=sys.stderr)
+    run_id, run_dir = new_run("regen")
     children = Children()
     servers: Servers | None = None
     database: str | None = None
