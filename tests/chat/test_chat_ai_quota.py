@@ -146,22 +146,29 @@ def _waiting_for_a_lock(db: psycopg.Connection, pid: int, deadline: float) -> bo
     return False
 
 
-@pytest.mark.parametrize("max_jobs", [1, 5])
+@pytest.mark.parametrize(("max_jobs", "same_conversation"), [(1, True), (5, True), (1, False)])
 def test_a_request_racing_another_sees_its_message_and_job(
-    http: httpx.Client, alice: User, stack: Stack, db: psycopg.Connection, max_jobs: int
+    http: httpx.Client,
+    alice: User,
+    stack: Stack,
+    db: psycopg.Connection,
+    max_jobs: int,
+    same_conversation: bool,
 ) -> None:
     """The intake's second statement reads with a snapshot taken after the locks are held: a
-    request that waited for another one's locks sees what that one committed. With one job
-    allowed it is refused (the first job counts); with more it answers the same user message
-    instead of storing it a second time. Taking the locks in the statement that reads would
-    let both through, and store the message twice."""
+    request that waited for another one's locks (the conversation's row, or the user's quota
+    lock from another conversation) sees what that one committed. With one job allowed it is
+    refused (the first job counts); with more, in the same conversation, it answers the same
+    user message instead of storing it a second time. Taking the locks in the statement that
+    reads would let both through, and store the message twice."""
     conversation = create_conversation(http, alice)
+    other = conversation if same_conversation else create_conversation(http, alice)
     dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", stack.database_url)
     with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
         taken = _take(first, alice, conversation["id"], max_jobs)  # locks held until commit
         assert taken is not None and taken[1] is None and taken[0] is not None
         with ThreadPoolExecutor(1) as pool:
-            racing = pool.submit(_take, second, alice, conversation["id"], max_jobs)
+            racing = pool.submit(_take, second, alice, other["id"], max_jobs)
             assert _waiting_for_a_lock(db, second.info.backend_pid, time.monotonic() + 10)
             first.commit()
             raced = racing.result(timeout=10)
