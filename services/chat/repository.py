@@ -640,7 +640,8 @@ async def store_idempotent_response(
 
 # --- AI jobs -------------------------------------------------------------------------------------
 
-# Jobs are created by the folded statements of services/chat/job_intake.py.
+# Jobs are created by the intake functions of chat migration 0011 (services/chat/job_intake.py),
+# which answer these columns too.
 JOB_COLUMNS = """
     id, conversation_id, user_id, agent_id, status, model, prompt_message_id, reply_message_id,
     regenerates_message_id, attempts, error_code, error, input_tokens, output_tokens,

@@ -469,6 +469,7 @@ async def regenerate_reply(
         ),
         message="AI job queued",
         status_code=202,
+        one_statement=True,
     )
     return await _enqueue_and_answer(created, user, db, request, prefer, stream)
 

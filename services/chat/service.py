@@ -537,23 +537,19 @@ class AIService:
         quota: AIQuota,
     ) -> dict[str, Any]:
         """A job that answers the same user message again; the earlier reply is kept (marked
-        `superseded` when the new one is stored)."""
-        conversation = await intake.lock_for_job(
-            conn, user_id=user.user_id, conversation_id=conversation_id
-        )
-        if conversation is None:
-            raise _conversation_not_found(conversation_id)
-        stored = await intake.store_regeneration_job(
+        `superseded` when the new one is stored). One statement, as `create_job`."""
+        stored = await intake.take_regeneration_request(
             conn,
             conversation_id=conversation_id,
             user_id=user.user_id,
             message_id=message_id,
-            conversation_agent_id=conversation["agent_id"],
             deadline_seconds=deadline_seconds,
             max_concurrent_jobs=quota.max_concurrent_jobs,
             daily_tokens=quota.daily_tokens,
             daily_cost=quota.daily_cost,
         )
+        if stored is None:
+            raise _conversation_not_found(conversation_id)
         if stored["refusal"] == "no_reply":
             raise NotFound(f"No agent reply {message_id} in conversation {conversation_id}")
         if stored["refusal"] == "no_prompt":

@@ -124,6 +124,37 @@ def test_refusals_keep_their_order(
     assert list_messages(http, alice, conversation["id"])["total"] == 0
 
 
+def test_regeneration_is_held_to_the_same_quota_after_its_own_checks(
+    http: httpx.Client, alice: User, bob: User, db: psycopg.Connection
+) -> None:
+    """`regenerate` and `ai-response` share one quota rule (chat.ai_quota, migration 0011): a
+    used-up day refuses a regeneration too, after its own checks (someone else's conversation
+    404, no such reply 404) and before anything is written."""
+    conversation = create_conversation(http, alice)
+    reply = http.post(
+        f"/chat/conversations/{conversation['id']}/ai-response",
+        json={"message": f"answer me once {secrets.token_hex(4)}"},
+        headers=alice.headers,
+        timeout=AI_TIMEOUT,
+    )
+    assert reply.status_code == 200, reply.text
+    base = f"/chat/conversations/{conversation['id']}/messages"
+    again = f"{base}/{reply.json()['data']['message_id']}/regenerate"
+    _use_up_the_day(db, alice)
+    assert_error(http.post(again, headers=bob.headers), 404, "not_found")
+    assert_error(http.post(f"{base}/2000000000/regenerate", headers=alice.headers), 404)
+    error = assert_error(http.post(again, headers=alice.headers), 429, "rate_limited")
+    assert error["error"]["details"]["quota"] == "daily_tokens"
+    row = db.execute(
+        "SELECT count(*) FROM chat.ai_jobs WHERE conversation_id = %s", (conversation["id"],)
+    ).fetchone()
+    assert row == (1,)
+    assert list_messages(http, alice, conversation["id"])["total"] == 2
+    db.execute("DELETE FROM chat.ai_usage WHERE user_id = %s", (alice.id,))
+    redone = http.post(again, headers=alice.headers, timeout=AI_TIMEOUT)
+    assert redone.status_code == 200, redone.text
+
+
 def _take(conn: psycopg.Connection, user: User, conversation_id: int, max_jobs: int) -> Any:
     """One call of the intake function as the chat service makes it (chat migration 0011)."""
     cursor = conn.execute(
